@@ -1,0 +1,291 @@
+"""The run's one configuration object: built from YAML/dicts, validated once, frozen.
+
+Every error names the dotted key that is wrong, so a user can fix their YAML or `--set` flag
+without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range. `key` is the dotted path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
+
+
+def _require(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(key, message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    image_size: int = 64
+    num_classes: int = 7
+    # Synthetic data only: how many images to generate in total (before the train/val/test split).
+    num_samples: int = 3000
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    # Synthetic data only: strength of the per-site acquisition shift (0 = none).
+    site_shift: float = 0.0
+
+    def validate(self, p: str) -> None:
+        _require(self.dataset in ("synthetic",), f"{p}.dataset", f"unknown dataset '{self.dataset}'; choose from: synthetic")
+        _require(self.image_size >= 8, f"{p}.image_size", f"must be >= 8, got {self.image_size}")
+        _require(self.num_classes >= 2, f"{p}.num_classes", f"must be >= 2, got {self.num_classes}")
+        _require(self.num_samples >= 10, f"{p}.num_samples", f"must be >= 10, got {self.num_samples}")
+        for k in ("val_fraction", "test_fraction"):
+            v = getattr(self, k)
+            _require(0.0 <= v < 1.0, f"{p}.{k}", f"must be in [0, 1), got {v}")
+        _require(self.val_fraction + self.test_fraction < 1.0, f"{p}.test_fraction",
+                 "val_fraction + test_fraction must leave some training data")
+        _require(self.site_shift >= 0.0, f"{p}.site_shift", f"must be >= 0, got {self.site_shift}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet18"
+    norm: Literal["batch", "group"] = "batch"
+    # Jigsaw grid size n (n x n tiles) for the blocks on layer2, layer3, layer4.
+    granularities: tuple[int, int, int] = (8, 4, 2)
+    # Paper: 512 / 1024 / 512. Smaller defaults keep the CPU demo in minutes; see README.
+    block_mid_channels: int = 128
+    block_out_channels: int = 256
+    embed_dim: int = 128
+    groups: int = 16
+    # Optional local file with torchvision ImageNet weights (.pth state dict or .safetensors). Never downloaded.
+    weights: str | None = None
+
+    def validate(self, p: str) -> None:
+        _require(self.backbone in BACKBONES, f"{p}.backbone",
+                 f"unknown backbone '{self.backbone}'; choose from: {', '.join(BACKBONES)}")
+        _require(len(self.granularities) == 3, f"{p}.granularities", "needs exactly three values (layer2, layer3, layer4)")
+        for i, g in enumerate(self.granularities):
+            _require(isinstance(g, int) and g >= 1, f"{p}.granularities[{i}]", f"must be an integer >= 1, got {g!r}")
+        for k in ("block_mid_channels", "block_out_channels", "embed_dim", "groups"):
+            _require(getattr(self, k) >= 1, f"{p}.{k}", f"must be >= 1, got {getattr(self, k)}")
+        if self.norm == "group":
+            for k in ("block_mid_channels", "block_out_channels", "embed_dim"):
+                _require(getattr(self, k) % self.groups == 0, f"{p}.{k}",
+                         f"must be divisible by model.groups={self.groups} when norm is 'group'")
+        if self.weights is not None:
+            _require(Path(self.weights).is_file(), f"{p}.weights", f"file not found: {self.weights}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    # Off-diagonal weight of the Barlow Twins loss.
+    bt_lambda: float = 5e-3
+    # 'standard': sum (1-C_kk)^2 + lambda sum_{k!=l} C_kl^2.  'authors': lambda^2 * ||C - I||_F^2 (FG-SSL code).
+    bt_variant: Literal["standard", "authors"] = "standard"
+    concat_weight: float = 2.0
+
+    def validate(self, p: str) -> None:
+        _require(self.bt_lambda > 0, f"{p}.bt_lambda", f"must be > 0, got {self.bt_lambda}")
+        _require(self.concat_weight > 0, f"{p}.concat_weight", f"must be > 0, got {self.concat_weight}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    # The paper uses 2e-3 / 2e-4 with ImageNet weights; from scratch on the CPU demo larger rates learn faster.
+    lr_new: float = 0.05
+    lr_backbone: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+    def validate(self, p: str) -> None:
+        for k in ("lr_new", "lr_backbone"):
+            _require(getattr(self, k) > 0, f"{p}.{k}", f"must be > 0, got {getattr(self, k)}")
+        _require(0 <= self.momentum < 1, f"{p}.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 64
+    ssl_epochs: int = 2
+    finetune_epochs: int = 6
+    device: str = "auto"
+    # Torch intra-op threads; null = torch's default.
+    threads: int | None = None
+
+    def validate(self, p: str) -> None:
+        _require(self.batch_size >= 2, f"{p}.batch_size", f"must be >= 2, got {self.batch_size}")
+        for k in ("ssl_epochs", "finetune_epochs"):
+            _require(getattr(self, k) >= 0, f"{p}.{k}", f"must be >= 0, got {getattr(self, k)}")
+        _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{p}.device",
+                 f"must be 'auto', 'cpu' or 'cuda[:N]', got '{self.device}'")
+        _require(self.threads is None or self.threads >= 1, f"{p}.threads", f"must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            sub = getattr(self, f.name)
+            if dataclasses.is_dataclass(sub):
+                sub.validate(f.name)
+        min_size = max(self.model.granularities)
+        _require(self.data.image_size >= min_size, "data.image_size",
+                 f"{self.data.image_size} px is smaller than the largest jigsaw grid ({min_size}x{min_size} tiles)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections).validate()
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting lists to tuples and ints to floats."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for alt in get_args(tp):
+            try:
+                return _coerce(value, alt, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(key, f"invalid value {value!r}")
+    if tp is type(None):
+        _require(value is None, key, f"expected null, got {value!r}")
+        return None
+    if origin is Literal:
+        _require(value in get_args(tp), key, f"must be one of {', '.join(map(str, get_args(tp)))}; got {value!r}")
+        return value
+    if origin is tuple:
+        args = get_args(tp)
+        _require(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        _require(len(value) == len(args), key, f"expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        _require(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        _require(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        _require(isinstance(value, bool), key, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _require(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(key, f"unsupported type {tp}")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(key, f"unknown key{hint}")
+        kwargs[k] = _coerce(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ['model.backbone=resnet34', 'train.ssl_epochs=3'] into a nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(pair, "an override must look like key=value")
+        key, text = pair.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(pair, "empty key in override")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, "conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Defaults <- base dict <- YAML file <- `key=value` overrides; validated once."""
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("--config", f"file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError("--config", f"{p} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("--config", f"{p} must hold a mapping at the top level")
+        raw = _merge(raw, loaded)
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    return _build(Config, raw, "").validate()
