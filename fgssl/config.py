@@ -79,10 +79,6 @@ class ModelConfig:
             _require(isinstance(g, int) and g >= 1, f"{p}.granularities[{i}]", f"must be an integer >= 1, got {g!r}")
         for k in ("block_mid_channels", "block_out_channels", "embed_dim", "groups"):
             _require(getattr(self, k) >= 1, f"{p}.{k}", f"must be >= 1, got {getattr(self, k)}")
-        if self.norm == "group":
-            for k in ("block_mid_channels", "block_out_channels", "embed_dim"):
-                _require(getattr(self, k) % self.groups == 0, f"{p}.{k}",
-                         f"must be divisible by model.groups={self.groups} when norm is 'group'")
         if self.weights is not None:
             _require(Path(self.weights).is_file(), f"{p}.weights", f"file not found: {self.weights}")
 

@@ -1,0 +1,47 @@
+"""Named parameter groups: which keys a phase trains and which stay local.
+
+Key lists keep the original order of ``all_keys`` (the model's ``state_dict``
+order), so that every party iterating them sees the same, deterministic order.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
+
+import numpy as np
+
+NamedArrays = dict[str, np.ndarray]
+
+
+def _check_patterns(patterns: Sequence[str]) -> None:
+    # A bare string would be iterated character by character and match nearly everything.
+    if isinstance(patterns, str):
+        raise TypeError(f"patterns must be a sequence of strings, not the string {patterns!r}")
+
+
+def keys_matching(all_keys: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    """Keys matching any fnmatch-style pattern (case-sensitive), in original order.
+
+    ``*`` also matches dots, so ``"*.bn*"`` matches ``"backbone.layer1.0.bn1.weight"``.
+    """
+    _check_patterns(patterns)
+    return [k for k in all_keys if any(fnmatchcase(k, p) for p in patterns)]
+
+
+def shared_keys(
+    all_keys: Iterable[str],
+    trainable_patterns: Sequence[str],
+    local_patterns: Sequence[str],
+) -> list[str]:
+    """Keys the phase trained minus those that stay local to each site, in original order."""
+    _check_patterns(local_patterns)
+    keys = list(all_keys)
+    local = set(keys_matching(keys, local_patterns))
+    return [k for k in keys_matching(keys, trainable_patterns) if k not in local]
+
+
+def select(named: Mapping[str, np.ndarray], keys: Iterable[str]) -> NamedArrays:
+    """The sub-dict of ``named`` for ``keys`` (in the order of ``keys``)."""
+    missing = [k for k in keys if k not in named]
+    if missing:
+        raise KeyError(f"not in the named arrays: {', '.join(missing)}")
+    return {k: named[k] for k in keys}

@@ -1,0 +1,157 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fgssl.config import Config, ConfigError, config_from_dict
+from fgssl.data.images import ImageSet, to_float
+from fgssl.jigsaw import jigsaw
+from fgssl.losses import barlow_twins_loss
+from fgssl.model import BRANCHES, CONCAT, build_model
+from fgssl.train import evaluate, finetune_batch, make_optimizer, ssl_batch, train_local
+
+SMALL = {"model": {"block_mid_channels": 16, "block_out_channels": 32, "embed_dim": 16, "groups": 4}}
+
+
+def small_cfg(**over) -> Config:
+    raw = {k: dict(v) for k, v in SMALL.items()}
+    for key, value in over.items():
+        section, name = key.split("__")
+        raw.setdefault(section, {})[name] = value
+    return config_from_dict(raw)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_shapes_of_every_branch(backbone, norm):
+    cfg = small_cfg(model__backbone=backbone, model__norm=norm)
+    model = build_model(cfg.model, num_classes=5)
+    out = model(torch.randn(2, 3, 64, 64))
+    for b in BRANCHES:
+        assert out.embeddings[b].shape == (2, 16)
+        assert out.logits[b].shape == (2, 5)
+    assert out.combined_logits().shape == (2, 5)
+    assert torch.allclose(out.combined_logits(), sum(out.logits[b] for b in BRANCHES))
+
+
+def test_single_branch_forward_matches_full_forward():
+    torch.manual_seed(0)
+    model = build_model(small_cfg(model__norm="group").model, 3).eval()
+    x = torch.randn(3, 3, 64, 64)
+    full = model(x)
+    for b in BRANCHES:
+        part = model(x, (b,))
+        assert set(part.embeddings) == {b}
+        assert torch.allclose(part.logits[b], full.logits[b], atol=1e-5)
+
+
+def test_group_norm_model_has_no_batchnorm_and_no_inplace_relu():
+    model = build_model(small_cfg(model__norm="group").model, 3)
+    for m in model.modules():
+        assert not isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        if isinstance(m, torch.nn.ReLU):
+            assert not m.inplace
+
+
+def test_parameter_name_prefixes():
+    model = build_model(small_cfg().model, 3)
+    prefixes = {k.split(".")[0] for k in model.state_dict()}
+    assert prefixes == {"backbone", "blocks", "heads", "classifiers"}
+
+
+def _fixed_batch(n=16, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    y = torch.arange(n) % classes
+    x = x + y.view(-1, 1, 1, 1).float()  # a learnable signal
+    return x, y
+
+
+def test_one_finetune_step_lowers_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = small_cfg(model__norm="group", optim__lr_new=0.01, optim__lr_backbone=0.01)
+    model = build_model(cfg.model, 3)
+    x, y = _fixed_batch()
+
+    def loss():
+        # the objective finetune_batch optimises, with the same jigsaw permutations it will draw
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            total = 0.0
+            for b, n in enumerate(cfg.model.granularities):
+                total += F.cross_entropy(model(jigsaw(x, n, g)[0], (b,)).logits[b], y).item()
+            return total + 2 * F.cross_entropy(model(x, (CONCAT,)).logits[CONCAT], y).item()
+
+    before = loss()
+    finetune_batch(model, x, y, cfg, make_optimizer(model, cfg, "finetune"), torch.Generator().manual_seed(1))
+    assert loss() < before
+
+
+def test_one_ssl_step_lowers_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = small_cfg(model__norm="group", optim__lr_new=0.001, optim__lr_backbone=0.001)
+    model = build_model(cfg.model, 3)
+    x, _ = _fixed_batch(n=32)
+    v1, v2 = x + 0.5 * torch.randn_like(x), x.flip(-1)
+
+    def loss():
+        # the objective ssl_batch optimises, with the same jigsaw permutations it will draw
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            total = 0.0
+            for b, n in enumerate(cfg.model.granularities):
+                z1 = model(jigsaw(v1, n, g)[0], (b,), with_logits=False).embeddings[b]
+                z2 = model(v2, (b,), with_logits=False).embeddings[b]
+                total += barlow_twins_loss(z1, z2).item()
+            out1, out2 = model(v1, (CONCAT,), with_logits=False), model(v2, (CONCAT,), with_logits=False)
+            return total + 2 * barlow_twins_loss(out1.embeddings[CONCAT], out2.embeddings[CONCAT]).item()
+
+    before = loss()
+    ssl_batch(model, v1, v2, cfg, make_optimizer(model, cfg, "ssl"), torch.Generator().manual_seed(1))
+    assert loss() < before
+
+
+def test_ssl_phase_leaves_classifiers_untouched():
+    cfg = small_cfg(model__norm="group", train__batch_size=8)
+    model = build_model(cfg.model, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = ImageSet(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), torch.arange(16) % 3, ("a", "b", "c"))
+    train_local(model, data, "ssl", cfg, max_batches=1, generator=torch.Generator().manual_seed(0))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("classifiers."))
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("backbone."))
+
+
+def _run(seed):
+    torch.manual_seed(seed)
+    cfg = small_cfg(model__norm="group", train__batch_size=8)
+    model = build_model(cfg.model, 3)
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=g)
+    data = ImageSet(imgs, torch.arange(24) % 3, ("a", "b", "c"))
+    train_local(model, data, "ssl", cfg, max_batches=2, generator=g)
+    res = train_local(model, data, "finetune", cfg, max_batches=2, generator=g)
+    return model.state_dict(), res, evaluate(model, data)
+
+
+def test_same_seed_same_result():
+    (a, ra, ea), (b, rb, eb) = _run(3), _run(3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ra.losses == rb.losses and ea == eb
+    c, _, _ = _run(4)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("raw,key", [
+    ({"model": {"backbone": "resnet19"}}, "model.backbone"),
+    ({"model": {"granularities": [8, 0, 2]}}, "model.granularities[1]"),
+    ({"data": {"image_size": 16}, "model": {"granularities": [32, 4, 2]}}, "data.image_size"),
+    ({"model": {"norm": "layer"}}, "model.norm"),
+    ({"train": {"batch_size": "big"}}, "train.batch_size"),
+    ({"trian": {}}, "trian"),
+    ({"model": {"backbon": "resnet18"}}, "model.backbon"),
+])
+def test_bad_config_names_the_key(raw, key):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert err.value.key == key
+    assert key in str(err.value) and "\n" not in str(err.value)
