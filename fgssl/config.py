@@ -131,6 +131,113 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PartitionConfig:
+    """How simulated sites split the data pool."""
+    # 'iid': uniform random; 'dirichlet': per-class site shares ~ Dir(alpha) (small alpha = strong label skew).
+    method: Literal["iid", "dirichlet"] = "dirichlet"
+    alpha: float = 0.5
+
+    def validate(self, p: str) -> None:
+        _require(self.alpha > 0, f"{p}.alpha", f"must be > 0, got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """A deliberately faulty or hostile site, for testing the strategy's defences in simulation."""
+    site: int
+    round: int
+    # raise: the site's client crashes; nan / wrong_shape / scale: it sends a corrupted update.
+    kind: Literal["raise", "nan", "wrong_shape", "scale"]
+    scale: float = 1e6
+
+
+AGGREGATIONS = ("fedavg", "norm_bounded", "trimmed_mean")
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    sites: int = 4
+    ssl_rounds: int = 1
+    finetune_rounds: int = 4
+    local_epochs: int = 1
+    # Cap on local batches per round (null = full local epochs); keeps rounds short on large sites.
+    max_local_batches: int | None = None
+    # fedavg (example-weighted mean) | norm_bounded (clip each site's change) | trimmed_mean (coordinate-wise)
+    strategy: str = "fedavg"
+    clip_norm: float = 10.0
+    trim_fraction: float = 0.25
+    server_optimizer: str = "fedavg"
+    # null = the optimiser's usual default (1.0 for fedavg/fedavgm, 0.01 for fedadam)
+    server_lr: float | None = None
+    server_momentum: float = 0.9
+    # Glob patterns of parameter names that never leave a site (FedBN: ["*bn*", "*downsample.1*", "*norm*"]).
+    local_groups: tuple[str, ...] = ()
+    # Updates are dropped when their change from the global weights exceeds this L2 norm (null = no bound).
+    max_update_norm: float | None = 1000.0
+    min_nodes: int = 2
+    round_timeout_s: float = 3600.0
+
+    def validate(self, p: str) -> None:
+        _require(self.sites >= 1, f"{p}.sites", f"must be >= 1, got {self.sites}")
+        for k in ("ssl_rounds", "finetune_rounds"):
+            _require(getattr(self, k) >= 0, f"{p}.{k}", f"must be >= 0, got {getattr(self, k)}")
+        _require(self.ssl_rounds + self.finetune_rounds >= 1, f"{p}.finetune_rounds", "the run needs at least one round")
+        _require(self.local_epochs >= 1, f"{p}.local_epochs", f"must be >= 1, got {self.local_epochs}")
+        _require(self.max_local_batches is None or self.max_local_batches >= 1, f"{p}.max_local_batches",
+                 f"must be >= 1 or null, got {self.max_local_batches}")
+        _require(self.strategy in AGGREGATIONS, f"{p}.strategy",
+                 f"unknown strategy '{self.strategy}'; choose from: {', '.join(AGGREGATIONS)}")
+        _require(self.server_optimizer in SERVER_OPTIMIZERS, f"{p}.server_optimizer",
+                 f"unknown server optimizer '{self.server_optimizer}'; choose from: {', '.join(SERVER_OPTIMIZERS)}")
+        _require(self.clip_norm > 0, f"{p}.clip_norm", f"must be > 0, got {self.clip_norm}")
+        _require(0 <= self.trim_fraction < 0.5, f"{p}.trim_fraction", f"must be in [0, 0.5), got {self.trim_fraction}")
+        _require(self.server_lr is None or self.server_lr > 0, f"{p}.server_lr", f"must be > 0, got {self.server_lr}")
+        _require(0 <= self.server_momentum < 1, f"{p}.server_momentum", f"must be in [0, 1), got {self.server_momentum}")
+        _require(self.max_update_norm is None or self.max_update_norm > 0, f"{p}.max_update_norm",
+                 f"must be > 0 or null, got {self.max_update_norm}")
+        _require(self.min_nodes >= 1, f"{p}.min_nodes", f"must be >= 1, got {self.min_nodes}")
+        _require(self.min_nodes <= self.sites, f"{p}.min_nodes",
+                 f"min_nodes={self.min_nodes} is more than the {self.sites} sites of the federation")
+        _require(self.round_timeout_s > 0, f"{p}.round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
+
+    @property
+    def total_rounds(self) -> int:
+        return self.ssl_rounds + self.finetune_rounds
+
+    def phase_of(self, rnd: int) -> str:
+        """Phase of round `rnd` (1-based): SSL rounds first, then fine-tuning."""
+        return "ssl" if rnd <= self.ssl_rounds else "finetune"
+
+    def phase_progress(self, rnd: int) -> tuple[float, float]:
+        """The slice [start, end) of its phase's learning-rate schedule that round `rnd` covers."""
+        if rnd <= self.ssl_rounds:
+            k, n = rnd - 1, self.ssl_rounds
+        else:
+            k, n = rnd - 1 - self.ssl_rounds, self.finetune_rounds
+        return k / n, (k + 1) / n
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    # CPUs each virtual site's client gets; sites run concurrently when total_cpus allows.
+    client_cpus: int = 1
+    # CPUs Ray may use (null = all of this machine's). Ignored when attaching to ray_address.
+    total_cpus: int | None = None
+    # Address of an existing Ray cluster to attach to (e.g. "10.0.0.5:6379"); null = start a local one.
+    ray_address: str | None = None
+    faults: tuple[FaultConfig, ...] = ()
+
+    def validate(self, p: str) -> None:
+        _require(self.client_cpus >= 1, f"{p}.client_cpus", f"must be >= 1, got {self.client_cpus}")
+        _require(self.total_cpus is None or self.total_cpus >= self.client_cpus, f"{p}.total_cpus",
+                 f"must be >= simulation.client_cpus ({self.client_cpus})")
+        for i, f in enumerate(self.faults):
+            _require(f.round >= 1, f"{p}.faults[{i}].round", f"must be >= 1, got {f.round}")
+            _require(f.site >= 0, f"{p}.faults[{i}].site", f"must be >= 0, got {f.site}")
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -138,6 +245,9 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
@@ -147,6 +257,9 @@ class Config:
         min_size = max(self.model.granularities)
         _require(self.data.image_size >= min_size, "data.image_size",
                  f"{self.data.image_size} px is smaller than the largest jigsaw grid ({min_size}x{min_size} tiles)")
+        for i, f in enumerate(self.simulation.faults):
+            _require(f.site < self.federation.sites, f"simulation.faults[{i}].site",
+                     f"site {f.site} does not exist (federation.sites={self.federation.sites})")
         return self
 
     def to_dict(self) -> dict[str, Any]:

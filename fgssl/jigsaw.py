@@ -1,7 +1,7 @@
 """Batched n x n jigsaw shuffling with one random permutation per image.
 
-PMG's generator draws one permutation per batch and loops over tiles in Python. Here the tiles of the whole batch
-are gathered in one indexing op, so cost does not grow with the batch size or the number of tiles in Python.
+PMG's generator draws one permutation per batch and loops over tiles in Python. Here every pixel of the whole
+batch is fetched by one gather, so there is no Python loop over images or tiles.
 When the image size is not a multiple of n, the n*floor(H/n) x n*floor(W/n) top-left region is shuffled and the
 leftover border rows/columns stay where they are, so the output keeps the input's shape.
 """
@@ -31,22 +31,28 @@ def _tile_geometry(x: Tensor, n: int) -> tuple[int, int]:
 
 
 def apply_permutation(x: Tensor, perm: Tensor, n: int) -> Tensor:
-    """Place tile perm[b, j] of image b at grid position j (row-major). Returns a new tensor."""
+    """Place tile perm[b, j] of image b at grid position j (row-major). Returns a new tensor.
+
+    Builds one source-pixel index per output pixel and does a single gather: cheaper than moving tiles
+    around with reshapes, and the leftover border maps to itself.
+    """
     th, tw = _tile_geometry(x, n)
-    b, c = x.shape[:2]
+    b, c, h, w = x.shape
     if perm.shape != (b, n * n):
         raise ValueError(f"permutation must have shape ({b}, {n * n}), got {tuple(perm.shape)}")
-    core = x[:, :, : n * th, : n * tw]
-    # (B, C, n, th, n, tw) -> (B, n*n, C, th, tw): one row per tile, row-major over the grid.
-    tiles = core.reshape(b, c, n, th, n, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, n * n, c, th, tw)
-    rows = torch.arange(b, device=x.device).unsqueeze(1)
-    shuffled = tiles[rows, perm.to(x.device)]
-    shuffled = shuffled.reshape(b, n, n, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, n * th, n * tw)
-    if n * th == x.shape[-2] and n * tw == x.shape[-1]:
-        return shuffled
-    out = x.clone()
-    out[:, :, : n * th, : n * tw] = shuffled
-    return out
+    dev = x.device
+    perm = perm.to(dev)
+    rows = (perm // n).view(b, n, n, 1, 1) * th + torch.arange(th, device=dev).view(1, 1, 1, th, 1)
+    cols = (perm % n).view(b, n, n, 1, 1) * tw + torch.arange(tw, device=dev).view(1, 1, 1, 1, tw)
+    # (b, grid_row, grid_col, r, s) -> (b, grid_row, r, grid_col, s): raster order of the output core
+    core = (rows * w + cols).permute(0, 1, 3, 2, 4).reshape(b, n * th, n * tw)
+    if n * th == h and n * tw == w:
+        src = core.reshape(b, 1, h * w)
+    else:
+        full = torch.arange(h * w, device=dev).view(1, h, w).repeat(b, 1, 1)
+        full[:, : n * th, : n * tw] = core
+        src = full.view(b, 1, h * w)
+    return x.reshape(b, c, h * w).gather(2, src.expand(b, c, h * w)).view(b, c, h, w)
 
 
 def jigsaw(x: Tensor, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

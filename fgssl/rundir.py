@@ -8,7 +8,7 @@ import math
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -60,6 +60,11 @@ class RunDir:
         if not self.metrics_path.exists():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop records that a resumed run will write again (those of rounds after the checkpoint)."""
+        kept = [r for r in self.read_metrics() if keep(r)]
+        _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_metrics_csv(self) -> Path:
         """metrics.csv mirrors metrics.jsonl with scalar columns (nested values are JSON-encoded)."""

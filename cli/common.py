@@ -1,0 +1,70 @@
+"""Helpers shared by the commands: config resolution, run directories, progress and tables."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fgssl.config import Config, load_config
+from fgssl.rundir import RunDir, default_run_dir
+
+
+def resolve_config(args: argparse.Namespace, default_path: str | Path | None = None) -> Config:
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    return load_config(args.config or default_path, overrides)
+
+
+def open_run_dir(args: argparse.Namespace, command: str) -> RunDir:
+    return RunDir(args.out or default_run_dir(command))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Progress:
+    """A tqdm bar fed by fgssl's on_batch callbacks; silent with --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: tqdm | None = None
+
+    def start(self, desc: str, total: int) -> None:
+        self.close()
+        if not self.quiet:
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def __call__(self, done: int, total: int, losses: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix(loss=f"{sum(losses.values()):.3f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return "-" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(out)

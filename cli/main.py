@@ -1,0 +1,55 @@
+"""The `fgssl` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from fgssl.config import ConfigError
+
+from . import simulate_cmd, train_cmd
+
+# Each entry: (name, help, add_arguments, run)
+COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
+    ("simulate", "federated FG-SSL over virtual hospitals on Flower's simulation engine", simulate_cmd.add_arguments,
+     simulate_cmd.run),
+    ("train", "centralised FG-SSL pretraining then progressive fine-tuning", train_cmd.add_arguments, train_cmd.run),
+]
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that writes a run directory."""
+    p.add_argument("--config", help="YAML config file (defaults apply to missing keys)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set model.backbone=resnet34 (repeatable)")
+    p.add_argument("--out", help="run directory to write (default: runs/<timestamp>-<command>)")
+    p.add_argument("--seed", type=int, help="random seed (overrides the config's seed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fgssl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, add_args, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"fgssl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fgssl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

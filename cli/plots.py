@@ -1,0 +1,116 @@
+"""Figures written to disk (matplotlib, Agg backend: no display needed on a server or in CI)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from fgssl.data import synthetic  # noqa: E402
+
+
+def _examples_per_class(seed: int, per_class: int, num_classes: int, search_limit: int = 200_000) -> list[np.ndarray]:
+    """The first ``per_class`` indices of each class, found from labels alone (cheap)."""
+    found: list[list[int]] = [[] for _ in range(num_classes)]
+    start, step = 0, 4096
+    while start < search_limit and any(len(f) < per_class for f in found):
+        idx = np.arange(start, start + step)
+        labels = synthetic.labels_for(idx, seed, num_classes)
+        for k in range(num_classes):
+            need = per_class - len(found[k])
+            if need > 0:
+                found[k].extend(idx[labels == k][:need].tolist())
+        start += step
+    return [np.asarray(f, dtype=np.int64) for f in found]
+
+
+def save_contact_sheet(
+    path: str | Path,
+    seed: int = 0,
+    per_class: int = 8,
+    image_size: int = 64,
+    num_classes: int = 7,
+    site_shift: float = 0.0,
+) -> Path:
+    """Grid of synthetic examples: one row per class (name, prior, texture family), ``per_class`` columns.
+
+    With ``site_shift > 0`` column ``j`` is shown as seen at site ``j % 4``.
+    """
+    path = Path(path)
+    names = synthetic.class_names(num_classes)
+    freqs = synthetic.class_frequencies(num_classes)
+    families = synthetic.texture_families(num_classes)
+    rows = _examples_per_class(seed, per_class, num_classes)
+
+    fig, axes = plt.subplots(
+        num_classes, per_class, figsize=(1.15 * per_class + 1.9, 1.15 * num_classes + 0.7), squeeze=False
+    )
+    for k, idx in enumerate(rows):
+        for j in range(per_class):
+            ax = axes[k, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j >= idx.size:  # a very rare class may not have enough examples in the search range
+                continue
+            site = j % 4 if site_shift > 0 else None
+            img, _ = synthetic.generate(idx[j : j + 1], seed, image_size, num_classes, site=site, site_shift=site_shift)
+            ax.imshow(img[0].transpose(1, 2, 0), interpolation="nearest")
+        axes[k, 0].set_ylabel(
+            f"{names[k]}\n{freqs[k]:.1%}\n{families[k]}", rotation=0, ha="right", va="center", fontsize=8
+        )
+    shift = f", site shift {site_shift:g}" if site_shift > 0 else ""
+    fig.suptitle(f"Synthetic lesions (seed {seed}, {image_size} px{shift}): classes differ only in texture", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_site_sheet(
+    path: str | Path,
+    seed: int = 0,
+    indices: Sequence[int] | None = None,
+    sites: Sequence[int] = (0, 1, 2, 3),
+    site_shift: float = 1.0,
+    image_size: int = 64,
+    num_classes: int = 7,
+) -> Path:
+    """The same images (columns) without shift and as acquired at each of ``sites`` (rows).
+
+    ``indices=None`` shows the first image of each class (up to seven), so every texture appears.
+    """
+    path = Path(path)
+    if indices is None:
+        firsts = _examples_per_class(seed, 1, num_classes)[:7]
+        idx = np.concatenate(firsts)
+    else:
+        idx = np.asarray(indices, dtype=np.int64)
+    names = synthetic.class_names(num_classes)
+    row_specs: list[tuple[str, int | None]] = [("no shift", None)] + [(f"site {s}", int(s)) for s in sites]
+    fig, axes = plt.subplots(
+        len(row_specs), idx.size, figsize=(1.25 * idx.size + 1.0, 1.3 * len(row_specs) + 0.6), squeeze=False
+    )
+    for r, (label, site) in enumerate(row_specs):
+        imgs, labels = synthetic.generate(idx, seed, image_size, num_classes, site=site, site_shift=site_shift)
+        for j in range(idx.size):
+            ax = axes[r, j]
+            ax.imshow(imgs[j].transpose(1, 2, 0), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"#{idx[j]} {names[labels[j]]}", fontsize=8)
+        axes[r, 0].set_ylabel(label, fontsize=9)
+    fig.suptitle(f"Per-site acquisition shift (site_shift={site_shift:g}, seed {seed})", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

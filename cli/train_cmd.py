@@ -1,0 +1,67 @@
+"""`fgssl train`: centralised SSL pretraining then progressive fine-tuning on one dataset."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from fgssl.data.sources import load_splits
+from fgssl.model import build_model
+from fgssl.train import evaluate, resolve_device, train_local
+
+from .common import Progress, format_table, open_run_dir, resolve_config, seed_everything
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .main import add_run_arguments
+    add_run_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    run_dir = open_run_dir(args, "train")
+    run_dir.write_config(cfg)
+    print(f"fgssl train: writing to {run_dir.path}")
+    seed_everything(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    started = time.time()
+    splits = load_splits(cfg.data, cfg.seed)
+    print(f"data: {cfg.data.dataset}, {splits.sizes()} images of {cfg.data.image_size} px, "
+          f"{splits.train.num_classes} classes")
+    model = build_model(cfg.model, splits.train.num_classes).to(device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    progress = Progress(args.quiet)
+    plan = [("ssl", e, cfg.train.ssl_epochs) for e in range(cfg.train.ssl_epochs)]
+    plan += [("finetune", e, cfg.train.finetune_epochs) for e in range(cfg.train.finetune_epochs)]
+    val = None
+    for phase, epoch, epochs in plan:
+        progress.start(f"{phase} epoch {epoch + 1}/{epochs}", splits.train.num_batches(cfg.train.batch_size))
+        result = train_local(model, splits.train, phase, cfg, epochs=1, progress=(epoch / epochs, (epoch + 1) / epochs),
+                             generator=gen, device=device, on_batch=progress)
+        progress.close()
+        record = {"phase": phase, "epoch": epoch + 1, "elapsed_s": round(time.time() - started, 1),
+                  **{k: v for k, v in result.losses.items()}}
+        line = f"{phase} epoch {epoch + 1}/{epochs}: loss {result.losses['loss']:.4f}"
+        if phase == "finetune":
+            val = evaluate(model, splits.val, device=device)
+            record["val"] = val
+            line += f"  val balanced_accuracy {val['balanced_accuracy']:.3f}  accuracy {val['accuracy']:.3f}"
+        run_dir.log(record)
+        print(line, flush=True)
+    test = evaluate(model, splits.test, device=device)
+    summary = {"command": "train", "seed": cfg.seed, "elapsed_s": round(time.time() - started, 1),
+               "splits": splits.sizes(), "class_names": list(splits.train.class_names),
+               "chance_balanced_accuracy": 1.0 / splits.train.num_classes, "val": val, "test": test}
+    run_dir.log({"phase": "final", "split": "test", **test})
+    run_dir.write_metrics_csv()
+    run_dir.write_summary(summary)
+    run_dir.save_weights(model.state_dict())
+    print(format_table([{"split": "test", **test}],
+                       ["split", "num_examples", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]))
+    print(f"fgssl train: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
+          f"(summary.json, metrics.jsonl, model.safetensors)")
+    return 0

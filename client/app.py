@@ -1,0 +1,42 @@
+"""Flower ClientApp for one hospital: turns Flower messages into calls to fgssl's training and evaluation."""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fgssl.config import Config
+from strategies.flower import from_config, from_record, to_config, to_record
+
+from .site import SiteProvider, evaluate_global, train_round
+
+
+def _site_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def make_client_app(cfg: Config, sites: SiteProvider) -> ClientApp:
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Identity handshake: the server keys everything by site id, never by Flower's random node ids."""
+        return Message(RecordDict({"site": ConfigRecord({"site": _site_id(context)})}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        site = _site_id(context)
+        round_cfg = from_config(msg.content["config"])
+        arrays, info = train_round(cfg, sites, site, from_record(msg.content["arrays"]), round_cfg)
+        metrics = {k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(metrics),
+                                   "info": to_config({"site": site, **info})}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        site = _site_id(context)
+        round_cfg = from_config(msg.content["config"])
+        result = evaluate_global(cfg, sites, site, from_record(msg.content["arrays"]), int(round_cfg["round"]))
+        return Message(RecordDict({"info": to_config({"site": site, **result})}), reply_to=msg)
+
+    return app

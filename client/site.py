@@ -1,0 +1,122 @@
+"""What one site does in a round, independent of Flower: load weights, train or evaluate, keep local groups.
+
+Site-local parameter groups (FedBN-style) are written to the site's state directory after every round, keyed by
+round, so a restarted node (or a resumed run) restores exactly the copy that belongs to the round it redoes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from fgssl.config import Config
+from fgssl.data.sources import Splits
+from fgssl.model import FGSSLNet, build_model
+from fgssl.rundir import load_weights
+from fgssl.train import evaluate, train_local
+from strategies.groups import keys_matching
+
+NamedArrays = dict[str, np.ndarray]
+_LOCAL_FILE = re.compile(r"local_r(\d+)\.safetensors$")
+
+
+class SiteProvider(Protocol):
+    """Where a site's data and state live (simulated partitions, or a hospital's own folder)."""
+
+    def splits(self, site: int) -> Splits: ...
+
+    def state_dir(self, site: int) -> Path: ...
+
+
+def site_seed(seed: int, site: int, rnd: int) -> int:
+    """Independent, reproducible stream per (run seed, site, round), whatever process runs the site."""
+    return int(np.random.SeedSequence([seed, site, rnd]).generate_state(1)[0])
+
+
+def _model_with(cfg: Config, num_classes: int, received: NamedArrays, local: dict[str, torch.Tensor]) -> FGSSLNet:
+    torch.manual_seed(cfg.seed)  # same initial values as the server's global model for keys not sent
+    model = build_model(cfg.model, num_classes)
+    state = model.state_dict()
+    for k, v in received.items():
+        if k not in state:
+            raise KeyError(f"the server sent an unknown parameter '{k}'")
+        state[k] = torch.from_numpy(np.array(v, copy=True))
+    state.update(local)
+    model.load_state_dict(state)
+    return model
+
+
+def load_local_groups(state_dir: Path, before_round: int) -> dict[str, torch.Tensor]:
+    """The newest saved local groups from a round earlier than `before_round` ({} before the first)."""
+    best = None
+    for p in state_dir.glob("local_r*.safetensors"):
+        m = _LOCAL_FILE.search(p.name)
+        if m and int(m.group(1)) < before_round and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), p)
+    return load_weights(best[1]) if best else {}
+
+
+def save_local_groups(state_dir: Path, rnd: int, model: FGSSLNet, patterns: tuple[str, ...], keep: int = 2) -> None:
+    if not patterns:
+        return
+    from fgssl.rundir import RunDir
+    state = model.state_dict()
+    keys = keys_matching(list(state), patterns)
+    RunDir(state_dir).save_weights({k: state[k] for k in keys}, f"local_r{rnd}.safetensors")
+    rounds = sorted(int(m.group(1)) for p in state_dir.glob("local_r*.safetensors")
+                    if (m := _LOCAL_FILE.search(p.name)))
+    for old in rounds[:-keep]:
+        (state_dir / f"local_r{old}.safetensors").unlink(missing_ok=True)
+
+
+def _apply_fault(cfg: Config, site: int, rnd: int, arrays: NamedArrays) -> NamedArrays:
+    """Simulation-only fault injection (simulation.faults): lets tests and researchers play a hostile site."""
+    for f in cfg.simulation.faults:
+        if f.site != site or f.round != rnd:
+            continue
+        if f.kind == "raise":
+            raise RuntimeError(f"injected crash of site {site} in round {rnd} (simulation.faults)")
+        key = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating))
+        arrays = dict(arrays)
+        if f.kind == "nan":
+            arrays[key] = np.full_like(arrays[key], np.nan)
+        elif f.kind == "wrong_shape":
+            arrays[key] = np.zeros(arrays[key].size + 1, dtype=arrays[key].dtype)
+        elif f.kind == "scale":
+            arrays = {k: (v * f.scale).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+                      for k, v in arrays.items()}
+    return arrays
+
+
+def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArrays,
+                round_cfg: dict[str, Any]) -> tuple[NamedArrays, dict[str, Any]]:
+    """Run the round's local training from the received weights; return the trained values of the same keys."""
+    rnd, phase = int(round_cfg["round"]), str(round_cfg["phase"])
+    torch.set_num_threads(cfg.simulation.client_cpus)
+    splits = sites.splits(site)
+    state_dir = sites.state_dir(site)
+    model = _model_with(cfg, splits.train.num_classes, received, load_local_groups(state_dir, rnd))
+    gen = torch.Generator().manual_seed(site_seed(int(round_cfg["seed"]), site, rnd))
+    result = train_local(model, splits.train, phase, cfg, epochs=int(round_cfg["local_epochs"]),
+                         max_batches=int(round_cfg["max_local_batches"]) or None,
+                         progress=(float(round_cfg["progress_start"]), float(round_cfg["progress_end"])),
+                         generator=gen)
+    save_local_groups(state_dir, rnd, model, cfg.federation.local_groups)
+    state = model.state_dict()
+    arrays = {k: state[k].detach().cpu().numpy() for k in received}
+    info = {"num_examples": result.num_examples, "batches": result.batches, **result.losses}
+    return _apply_fault(cfg, site, rnd, arrays), {k: v for k, v in info.items() if math.isfinite(v)}
+
+
+def evaluate_global(cfg: Config, sites: SiteProvider, site: int, received: NamedArrays, rnd: int) -> dict[str, Any]:
+    """Full metric set of the global model (with this site's local groups) on the site's val and test splits."""
+    torch.set_num_threads(cfg.simulation.client_cpus)
+    splits = sites.splits(site)
+    model = _model_with(cfg, splits.train.num_classes, received, load_local_groups(sites.state_dir(site), rnd + 1))
+    return {"val": evaluate(model, splits.val) if len(splits.val) else None,
+            "test": evaluate(model, splits.test) if len(splits.test) else None}

@@ -1,0 +1,206 @@
+"""Flower ServerApp: runs the phase plan round by round, records per-site metrics, checkpoints every round.
+
+The decisions (what to send, what to accept, how to combine) belong to strategies.FGSSLStrategy; this module only
+moves messages and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fgssl.config import Config
+from fgssl.data.images import ImageSet
+from fgssl.metrics import classification_metrics
+from fgssl.model import build_model
+from fgssl.rundir import RunDir
+from fgssl.train import evaluate
+from strategies.aggregate import SiteUpdate
+from strategies.fgssl_strategy import FGSSLStrategy
+from strategies.flower import from_config, from_record, to_config, to_record
+
+from .checkpoint import load_checkpoint, save_checkpoint
+
+Say = Callable[[str], None]
+SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_weighted_kappa", "loss")
+
+
+def initial_global(cfg: Config, num_classes: int) -> dict[str, np.ndarray]:
+    torch.manual_seed(cfg.seed)  # clients rebuild the same initial values for keys they are not sent
+    return {k: v.numpy().copy() for k, v in build_model(cfg.model, num_classes).state_dict().items()}
+
+
+def wait_for_sites(grid: Grid, count: int, timeout: float) -> dict[int, int]:
+    """Map site id -> Flower node id (node ids are random per run; site ids are stable)."""
+    deadline = time.time() + timeout
+    while len(ids := list(grid.get_node_ids())) < count:
+        if time.time() > deadline:
+            raise TimeoutError(f"only {len(ids)} of {count} sites connected within {timeout:.0f} s")
+        time.sleep(0.1)
+    queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in ids]
+    sites = {}
+    for r in grid.send_and_receive(queries, timeout=timeout):
+        if r.has_error():
+            raise RuntimeError(f"node {r.metadata.src_node_id} failed the handshake: {r.error.reason}")
+        sites[int(r.content["site"]["site"])] = r.metadata.src_node_id
+    return dict(sorted(sites.items()))
+
+
+def flat_metrics(metrics: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
+    """Scalars at the top level, nested values (per-class recall, confusion matrix) kept as they are."""
+    if not metrics:
+        return {}
+    return {f"{prefix}{k}": v for k, v in metrics.items() if prefix == "" or k in SCALAR_METRICS}
+
+
+def pooled_from_confusion(matrices: list[list[list[int]]], class_names: list[str]) -> dict[str, Any]:
+    """Pooled metrics from summed site confusion matrices (AUC needs scores, so it is left out)."""
+    cm = np.sum(np.asarray(matrices, dtype=np.int64), axis=0)
+    k = cm.shape[0]
+    y_true = np.repeat(np.repeat(np.arange(k), k), cm.ravel())
+    y_pred = np.repeat(np.tile(np.arange(k), k), cm.ravel())
+    scores = np.eye(k)[y_pred]
+    out = classification_metrics(y_true, scores, class_names)
+    out["macro_auc"] = None
+    return out
+
+
+class FederatedRun:
+    def __init__(self, cfg: Config, run_dir: RunDir, grid: Grid, sites: dict[int, int], class_names: list[str],
+                 pooled_test: ImageSet | None, say: Say) -> None:
+        self.cfg, self.run_dir, self.grid, self.sites = cfg, run_dir, grid, sites
+        self.class_names, self.pooled_test, self.say = class_names, pooled_test, say
+        self.global_ = initial_global(cfg, len(class_names))
+        self.strategy = FGSSLStrategy(cfg.federation, list(self.global_))
+        self.timeout = cfg.federation.round_timeout_s
+        self.last_eval: dict[str, Any] = {}
+
+    def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray], config: dict[str, Any]):
+        mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
+        content = lambda: RecordDict({"arrays": to_record(arrays), "config": to_config(config)})  # noqa: E731
+        msgs = [Message(content(), dst_node_id=n, message_type=mtype, group_id=f"{kind}-{rnd}")
+                for n in self.sites.values()]
+        node_to_site = {n: s for s, n in self.sites.items()}
+        ok: dict[int, dict[str, Any]] = {}
+        arrays_by_site: dict[int, dict[str, np.ndarray]] = {}
+        failed: dict[int, str] = {}
+        for r in self.grid.send_and_receive(msgs, timeout=self.timeout):
+            site = node_to_site.get(r.metadata.src_node_id, -1)
+            if r.has_error():
+                failed[site] = f"client error: {r.error.reason.strip()[-300:]}"
+                continue
+            ok[site] = from_config(r.content["info"])
+            if "arrays" in r.content:
+                arrays_by_site[site] = from_record(r.content["arrays"])
+        for site in self.sites:
+            if site not in ok and site not in failed:
+                failed[site] = f"no reply within federation.round_timeout_s={self.timeout:.0f}"
+        return ok, arrays_by_site, failed
+
+    def train_round(self, rnd: int) -> dict[int, dict[str, Any]]:
+        round_cfg = self.strategy.round_config(rnd, self.cfg.seed)
+        keys = self.strategy.keys_to_send(round_cfg["phase"])
+        info, arrays, failed = self._send("train", rnd, {k: self.global_[k] for k in keys}, round_cfg)
+        updates = [SiteUpdate(str(s), arrays[s], int(info[s]["num_examples"]), info[s]) for s in sorted(arrays)]
+        outcome = self.strategy.aggregate_round(rnd, self.global_, updates,
+                                                {str(s): r for s, r in failed.items()})
+        self.global_ = outcome.new_global
+        records = {}
+        for site in self.sites:
+            rec: dict[str, Any] = {"status": "accepted" if str(site) in outcome.accepted else "rejected"}
+            if str(site) in outcome.rejected:
+                rec["reason"] = outcome.rejected[str(site)]
+            for k, v in info.get(site, {}).items():
+                if k != "site":
+                    rec[f"train_{k}"] = v
+            records[site] = rec
+        return records
+
+    def evaluate_round(self, rnd: int) -> dict[str, dict[str, Any]]:
+        """Each site evaluates the global model on its own val/test split; plus the pooled test metrics."""
+        local = set(self.strategy.local_keys)
+        arrays = {k: v for k, v in self.global_.items() if k not in local}
+        info, _, failed = self._send("evaluate", rnd, arrays, {"round": rnd})
+        out: dict[str, dict[str, Any]] = {}
+        for site in self.sites:
+            if site in info:
+                out[str(site)] = {**flat_metrics(info[site].get("test")),
+                                  **flat_metrics(info[site].get("val"), "val_")}
+            else:
+                out[str(site)] = {"eval_error": failed.get(site, "no reply")}
+        if self.pooled_test is not None and not local:
+            model = build_model(self.cfg.model, len(self.class_names))
+            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.global_.items()})
+            out["pooled"] = flat_metrics(evaluate(model, self.pooled_test))
+        else:
+            matrices = [info[s]["test"]["confusion_matrix"] for s in info if info[s].get("test")]
+            if matrices:
+                out["pooled"] = pooled_from_confusion(matrices, self.class_names)
+        return out
+
+    def run(self, resume: bool) -> dict[str, Any]:
+        fed = self.cfg.federation
+        ckpt_dir = self.run_dir.path / "checkpoint"
+        start = 1
+        if resume:
+            ckpt = load_checkpoint(ckpt_dir)
+            if ckpt is not None:
+                self.global_, start = ckpt.global_arrays, ckpt.round + 1
+                self.strategy.load_state_dict(ckpt.strategy_state)
+                self.run_dir.truncate_metrics(lambda rec: int(rec.get("round", 0)) <= ckpt.round)
+                self.say(f"resuming after round {ckpt.round} of {fed.total_rounds}")
+        started = time.time()
+        for rnd in range(start, fed.total_rounds + 1):
+            t0 = time.time()
+            phase = fed.phase_of(rnd)
+            train = self.train_round(rnd)
+            evals = self.evaluate_round(rnd) if phase == "finetune" else {}
+            for site in [str(s) for s in self.sites] + (["pooled"] if "pooled" in evals else []):
+                rec = {"round": rnd, "phase": phase, "site": site}
+                rec.update(train.get(int(site), {}) if site != "pooled" else {})
+                rec.update(evals.get(site, {}))
+                self.run_dir.log(rec)
+            save_checkpoint(ckpt_dir, rnd, self.global_, self.strategy.state_dict())
+            self.last_eval = evals or self.last_eval
+            self.say(_round_line(rnd, fed.total_rounds, phase, train, evals, time.time() - t0))
+        state = {k: torch.from_numpy(np.array(v)) for k, v in self.global_.items()}
+        self.run_dir.save_weights(state)
+        summary = {"command": "simulate", "rounds": fed.total_rounds, "sites": len(self.sites),
+                   "class_names": self.class_names, "chance_balanced_accuracy": 1.0 / len(self.class_names),
+                   "elapsed_s": round(time.time() - started, 1), "final": self.last_eval}
+        self.run_dir.write_summary(summary)
+        self.run_dir.write_metrics_csv()
+        return summary
+
+
+def _round_line(rnd: int, total: int, phase: str, train: dict, evals: dict, secs: float) -> str:
+    losses = [r["train_loss"] for r in train.values() if "train_loss" in r]
+    rejected = [f"site {s} ({r['reason'][:80]})" for s, r in train.items() if r["status"] == "rejected"]
+    line = f"round {rnd}/{total} [{phase}] {secs:.0f}s"
+    if losses:
+        line += f"  mean local loss {sum(losses) / len(losses):.3f}"
+    if "pooled" in evals and evals["pooled"].get("balanced_accuracy") is not None:
+        line += f"  pooled test balanced_accuracy {evals['pooled']['balanced_accuracy']:.3f}"
+    if rejected:
+        line += "  dropped: " + "; ".join(rejected)
+    return line
+
+
+def make_server_app(cfg: Config, run_dir: RunDir, class_names: list[str], *, resume: bool = False,
+                    pooled_test: ImageSet | None = None, say: Say = print,
+                    result: dict[str, Any] | None = None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        sites = wait_for_sites(grid, cfg.federation.sites, timeout=cfg.federation.round_timeout_s)
+        summary = FederatedRun(cfg, run_dir, grid, sites, class_names, pooled_test, say).run(resume)
+        if result is not None:
+            result.update(summary)
+
+    return app

@@ -1,0 +1,58 @@
+"""Per-round checkpoints: global weights and strategy state (safetensors), round and RNG state (JSON).
+
+`state.json` is replaced atomically after the files it names are complete, so a kill at any moment leaves either
+the previous checkpoint or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+NamedArrays = dict[str, np.ndarray]
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    global_arrays: NamedArrays
+    strategy_state: NamedArrays
+
+
+def _save(arrays: NamedArrays, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: Path, rnd: int, global_arrays: NamedArrays, strategy_state: NamedArrays) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    weights, strategy = f"global_r{rnd}.safetensors", f"strategy_r{rnd}.safetensors"
+    _save(global_arrays, directory / weights)
+    _save(strategy_state, directory / strategy)
+    state = {"round": rnd, "weights": weights, "strategy": strategy,
+             "torch_rng": torch.get_rng_state().tolist()}
+    tmp = directory / "state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, directory / "state.json")
+    for p in directory.glob("*_r*.safetensors"):
+        if p.name not in (weights, strategy):
+            p.unlink(missing_ok=True)
+
+
+def load_checkpoint(directory: Path) -> Checkpoint | None:
+    state_path = directory / "state.json"
+    if not state_path.exists():
+        return None
+    state = json.loads(state_path.read_text())
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    return Checkpoint(int(state["round"]), load_file(str(directory / state["weights"])),
+                      load_file(str(directory / state["strategy"])))

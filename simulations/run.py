@@ -1,0 +1,56 @@
+"""Run a whole federation on Flower's simulation engine (Ray), in this process."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from fgssl.config import Config
+from fgssl.rundir import RunDir
+
+from .sites import build_sites
+
+
+def flower_environment(flwr_home: Path) -> None:
+    """Offline Flower: no dependency installs, no telemetry, quiet logs. Must run before flwr is imported."""
+    os.environ.setdefault("FLWR_HOME", str(flwr_home))
+    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def backend_config(cfg: Config) -> dict[str, Any]:
+    sim = cfg.simulation
+    init: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
+    if sim.ray_address:
+        init["address"] = sim.ray_address
+    else:
+        init["num_cpus"] = sim.total_cpus or os.cpu_count() or 1
+        init["include_dashboard"] = False
+    return {"client_resources": {"num_cpus": sim.client_cpus, "num_gpus": 0.0}, "init_args": init}
+
+
+def simulate(cfg: Config, run_dir: RunDir, *, resume: bool = False,
+             say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Partition the data, start Ray, run the ServerApp and one ClientApp per site; returns the summary."""
+    flower_environment(Path(tempfile.gettempdir()) / "fgssl-flwr-home")
+    from flwr.simulation import run_simulation
+
+    from client.app import make_client_app
+    from server.app import make_server_app
+
+    sites = build_sites(cfg, run_dir.path)
+    say(f"partition: {cfg.partition.method} over {cfg.federation.sites} sites, sizes "
+        f"{[len(p) for p in sites.parts]} (partition.json)")
+    result: dict[str, Any] = {}
+    server_app = make_server_app(cfg, run_dir, sites.class_names(), resume=resume,
+                                 pooled_test=sites.pooled_test(), say=say, result=result)
+    run_simulation(server_app=server_app, client_app=make_client_app(cfg, sites),
+                   num_supernodes=cfg.federation.sites, backend_config=backend_config(cfg))
+    if not result:
+        raise RuntimeError("the simulation ended without a result; see the log above")
+    return result
