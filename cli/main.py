@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from fgssl.config import ConfigError
+from strategies.fgssl_strategy import RoundFailed
 
 from . import simulate_cmd, train_cmd
 
@@ -46,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"fgssl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (RoundFailed, TimeoutError) as e:
+        print(f"fgssl {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"fgssl {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -80,7 +80,8 @@ class ServerOptimizer:
             if not sep or prefix not in moments:
                 raise ValueError(f"{type(self).__name__}: unexpected state entry {name!r}")
             moments[prefix][key] = np.array(value, dtype=np.float64)
-        self.t = int(state.get("t", 0))
+        # safetensors stores a scalar as shape (1,) or (): accept either
+        self.t = int(np.asarray(state.get("t", 0)).reshape(-1)[0])
         self.moments = moments
 
 

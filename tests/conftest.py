@@ -1,0 +1,45 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A model and data small enough for a Flower round in seconds on 2 CPU cores.
+TINY = {
+    "seed": 1,
+    "data": {"num_samples": 240, "image_size": 32, "site_shift": 1.0},
+    "model": {"granularities": [4, 2, 1], "block_mid_channels": 16, "block_out_channels": 32, "embed_dim": 16,
+              "norm": "group", "groups": 4},
+    "train": {"batch_size": 16},
+    "partition": {"method": "iid"},
+    "federation": {"sites": 2, "ssl_rounds": 1, "finetune_rounds": 1, "max_local_batches": 2, "min_nodes": 1},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    def make(**sections) -> Path:
+        path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
+        path.write_text(yaml.safe_dump(merge(TINY, sections)))
+        return path
+    return make
+
+
+def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fgssl {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,0 +1,157 @@
+"""End-to-end federation tests on Flower's real simulation engine, with a tiny model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from client.site import train_round
+from fgssl.config import load_config
+from server.app import initial_global
+from simulations.sites import SimulatedSites
+from strategies.fgssl_strategy import FGSSLStrategy
+from strategies.groups import keys_matching
+
+from .conftest import REPO, run_cli
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_aggregate_is_the_example_weighted_mean_and_local_groups_stay_home(tiny_config, tmp_path):
+    cfg_path = tiny_config(partition={"method": "dirichlet", "alpha": 1.0},
+                           federation={"sites": 3, "ssl_rounds": 1, "finetune_rounds": 1, "local_groups": ["*bn*"]})
+    out = tmp_path / "run"
+    run_cli("simulate", "--config", str(cfg_path), "--out", str(out), "--quiet")
+    cfg = load_config(out / "config.yaml")
+    final = load_file(str(out / "model.safetensors"))
+
+    # Recompute both rounds outside Flower: each site's local training from the same weights, then a plain
+    # example-weighted mean written here, independently of strategies/.
+    partition = json.loads((out / "partition.json").read_text())
+    parts = [np.array(s["indices"]) for s in partition["sites"]]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(cfg.data.num_samples))
+    sites = SimulatedSites(cfg, parts, tmp_path / "replay-state")
+    names = partition["class_names"]
+    global_ = initial_global(cfg, len(names))
+    strategy = FGSSLStrategy(cfg.federation, list(global_))
+    local = keys_matching(list(global_), ["*bn*"])
+    assert local and all(k not in strategy.keys_to_send(p) for k in local for p in ("ssl", "finetune"))
+    for rnd in (1, 2):
+        rc = strategy.round_config(rnd, cfg.seed)
+        keys = strategy.keys_to_send(rc["phase"])
+        results = [train_round(cfg, sites, s, {k: global_[k] for k in keys}, rc) for s in range(3)]
+        total = sum(info["num_examples"] for _, info in results)
+        sizes = [len(sites.splits(s).train) for s in range(3)]
+        assert [info["num_examples"] for _, info in results] == sizes
+        for k in keys:
+            if np.issubdtype(global_[k].dtype, np.floating):
+                mean = sum(arr[k].astype(np.float64) * info["num_examples"] for arr, info in results) / total
+                global_[k] = mean.astype(global_[k].dtype)
+    for k in global_:
+        if np.issubdtype(global_[k].dtype, np.floating):
+            np.testing.assert_allclose(final[k], global_[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+    # Local groups never travelled: the server's copy is still the initial one ...
+    init = initial_global(cfg, len(names))
+    for k in local:
+        np.testing.assert_array_equal(final[k], init[k])
+    # ... while each site trained its own, and they differ between sites.
+    saved = [load_file(str(out / "sites" / f"site_{s}" / "local_r2.safetensors")) for s in range(3)]
+    assert set(saved[0]) == set(local)
+    assert any(not np.array_equal(saved[0][k], init[k]) for k in local)
+    assert any(not np.array_equal(saved[0][k], saved[1][k]) for k in local)
+
+    records = _metrics(out)
+    assert {(r["round"], r["site"]) for r in records} >= {(1, "0"), (1, "1"), (1, "2"), (2, "pooled")}
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["final"]) == {"0", "1", "2", "pooled"}
+    assert (out / "metrics.csv").read_text().startswith("round,phase,site")
+
+
+@pytest.mark.slow
+def test_bad_updates_and_a_crashing_site_are_dropped_and_the_round_completes(tiny_config, tmp_path):
+    faults = [{"site": 0, "round": 1, "kind": "nan"}, {"site": 1, "round": 1, "kind": "wrong_shape"},
+              {"site": 2, "round": 1, "kind": "scale", "scale": 1e6}, {"site": 3, "round": 1, "kind": "raise"}]
+    cfg_path = tiny_config(federation={"sites": 5, "ssl_rounds": 0, "finetune_rounds": 1, "min_nodes": 1},
+                           simulation={"faults": faults})
+    out = tmp_path / "run"
+    proc = run_cli("simulate", "--config", str(cfg_path), "--out", str(out))
+    rounds = {r["site"]: r for r in _metrics(out) if r["round"] == 1}
+    assert rounds["4"]["status"] == "accepted"
+    expectations = {"0": "non-finite", "1": "shape", "2": "norm", "3": "injected crash"}
+    for site, fragment in expectations.items():
+        assert rounds[site]["status"] == "rejected"
+        assert fragment in rounds[site]["reason"], rounds[site]["reason"]
+    assert "dropped" in proc.stdout
+    assert (out / "model.safetensors").exists()
+    final = load_file(str(out / "model.safetensors"))
+    assert all(np.isfinite(v).all() for v in final.values())
+
+
+@pytest.mark.slow
+def test_too_few_good_updates_stop_the_run_with_the_reasons(tiny_config, tmp_path):
+    cfg_path = tiny_config(federation={"sites": 2, "ssl_rounds": 0, "finetune_rounds": 1, "min_nodes": 2},
+                           simulation={"faults": [{"site": 1, "round": 1, "kind": "nan"}]})
+    proc = run_cli("simulate", "--config", str(cfg_path), "--out", str(tmp_path / "run"), check=False)
+    assert proc.returncode != 0
+    assert "min_nodes=2" in proc.stderr and "site 1" in proc.stderr and "non-finite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _popen_simulate(*args):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "simulate", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_gives_the_same_final_weights(tiny_config, tmp_path):
+    cfg_path = tiny_config(federation={"sites": 2, "ssl_rounds": 1, "finetune_rounds": 2, "local_groups": ["*bn*"],
+                                       "server_optimizer": "fedadam"})
+    straight = tmp_path / "straight"
+    run_cli("simulate", "--config", str(cfg_path), "--out", str(straight), "--quiet")
+
+    killed = tmp_path / "killed"
+    proc = _popen_simulate("--config", str(cfg_path), "--out", str(killed), "--quiet")
+    state = killed / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not (state.exists() and json.loads(state.read_text())["round"] >= 1):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "model.safetensors").exists()
+
+    run_cli("simulate", "--resume", str(killed), "--quiet")
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    rounds = [(r["round"], r["site"]) for r in _metrics(killed)]
+    assert len(rounds) == len(set(rounds)), "a resumed round was logged twice"
+    assert rounds == [(r["round"], r["site"]) for r in _metrics(straight)]
+
+
+@pytest.mark.parametrize("override,key", [
+    ("federation.strategy=krum", "federation.strategy"),
+    ("federation.min_nodes=9", "federation.min_nodes"),
+    ("federation.finetune_rounds=-1", "federation.finetune_rounds"),
+    ("model.backbone=resnet19", "model.backbone"),
+])
+def test_bad_config_fails_before_training_naming_the_key(tmp_path, override, key):
+    out = tmp_path / "run"
+    proc = run_cli("simulate", "--set", override, "--out", str(out), check=False, timeout=120)
+    assert proc.returncode == 2
+    assert f"'{key}'" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
