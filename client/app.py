@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -15,7 +17,11 @@ def _site_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def make_client_app(cfg: Config, sites: SiteProvider) -> ClientApp:
+Resolver = Callable[[Context], tuple[Config, SiteProvider]]
+
+
+def make_client_app(resolve: Resolver) -> ClientApp:
+    """`resolve` gives the run's config and this node's data/state for a message's context."""
     app = ClientApp()
 
     @app.query()
@@ -25,6 +31,7 @@ def make_client_app(cfg: Config, sites: SiteProvider) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        cfg, sites = resolve(context)
         site = _site_id(context)
         round_cfg = from_config(msg.content["config"])
         arrays, info = train_round(cfg, sites, site, from_record(msg.content["arrays"]), round_cfg)
@@ -34,6 +41,7 @@ def make_client_app(cfg: Config, sites: SiteProvider) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
+        cfg, sites = resolve(context)
         site = _site_id(context)
         round_cfg = from_config(msg.content["config"])
         result = evaluate_global(cfg, sites, site, from_record(msg.content["arrays"]), int(round_cfg["round"]))

@@ -38,7 +38,7 @@ class DataConfig:
     image_size: int = 64
     num_classes: int = 7
     # Synthetic data only: how many images to generate in total (before the train/val/test split).
-    num_samples: int = 3000
+    num_samples: int = 2400
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     # Synthetic data only: strength of the per-site acquisition shift (0 = none).
@@ -115,8 +115,8 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 64
-    ssl_epochs: int = 2
-    finetune_epochs: int = 6
+    ssl_epochs: int = 1
+    finetune_epochs: int = 5
     device: str = "auto"
     # Torch intra-op threads; null = torch's default.
     threads: int | None = None

@@ -47,8 +47,8 @@ def _cat(tensors):
     return torch.cat(tensors)
 
 
-def build_sites(cfg: Config, run_dir: Path) -> SimulatedSites:
-    """Partition the data pool across `federation.sites` and save the partition with the run."""
+def build_sites(cfg: Config, run_dir: Path, save: bool = True) -> SimulatedSites:
+    """Partition the data pool across `federation.sites` (a pure function of the config) and save it with the run."""
     labels = synthetic.labels_for(np.arange(cfg.data.num_samples), cfg.seed, cfg.data.num_classes)
     parts = partition(labels, cfg.federation.sites, cfg.partition, cfg.seed)
     names = list(synthetic.class_names(cfg.data.num_classes))
@@ -56,5 +56,6 @@ def build_sites(cfg: Config, run_dir: Path) -> SimulatedSites:
               "class_names": names,
               "sites": [{"site": s, "num_samples": int(len(p)), "class_counts": c, "indices": p.tolist()}
                         for s, (p, c) in enumerate(zip(parts, class_counts(labels, parts, len(names))))]}
-    (run_dir / "partition.json").write_text(json.dumps(record))
+    if save:
+        (run_dir / "partition.json").write_text(json.dumps(record))
     return SimulatedSites(cfg, parts, run_dir / "sites")
