@@ -132,13 +132,28 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    """How simulated sites split the data pool."""
-    # 'iid': uniform random; 'dirichlet': per-class site shares ~ Dir(alpha) (small alpha = strong label skew).
-    method: Literal["iid", "dirichlet"] = "dirichlet"
+    """How simulated sites split the data pool (simulations/partition.py; `fgssl partition` shows the result)."""
+    # 'iid': uniform random; 'dirichlet': per-class site shares ~ Dir(alpha) (small alpha = strong label skew);
+    # 'pathological': every site holds exactly classes_per_site classes; 'quantity': site sizes follow a power law
+    # (site s gets a share ~ (s+1)^-quantity_exponent), labels otherwise IID; 'natural': one site per acquisition
+    # site of the data set (e.g. HAM10000's `dataset` column; federation.sites must equal their number).
+    method: Literal["iid", "dirichlet", "pathological", "quantity", "natural"] = "dirichlet"
     alpha: float = 0.5
+    classes_per_site: int = 2
+    # 0 = equal sizes; 1 = Zipf (site 0 twice site 1, three times site 2, ...); larger = more skewed.
+    quantity_exponent: float = 1.0
+    # Dirichlet and quantity skew: the fewest samples any site may get.
+    min_per_site: int = 2
 
     def validate(self, p: str) -> None:
+        methods = ("iid", "dirichlet", "pathological", "quantity", "natural")
+        _require(self.method in methods, f"{p}.method",
+                 f"unknown method '{self.method}'; choose from: {', '.join(methods)}")
         _require(self.alpha > 0, f"{p}.alpha", f"must be > 0, got {self.alpha}")
+        _require(self.classes_per_site >= 1, f"{p}.classes_per_site", f"must be >= 1, got {self.classes_per_site}")
+        _require(0 <= self.quantity_exponent < float("inf"), f"{p}.quantity_exponent",
+                 f"must be a finite number >= 0, got {self.quantity_exponent}")
+        _require(self.min_per_site >= 1, f"{p}.min_per_site", f"must be >= 1, got {self.min_per_site}")
 
 
 @dataclass(frozen=True)

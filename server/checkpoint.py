@@ -27,7 +27,7 @@ class Checkpoint:
 
 def _save(arrays: NamedArrays, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+    save_file({k: np.asarray(v, order="C") for k, v in arrays.items()}, str(tmp))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

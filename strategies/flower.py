@@ -12,7 +12,7 @@ NamedArrays = dict[str, np.ndarray]
 
 
 def to_record(named: NamedArrays) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in named.items()})
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in named.items()})
 
 
 def from_record(record: ArrayRecord) -> NamedArrays:

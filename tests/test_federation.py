@@ -27,7 +27,8 @@ def _metrics(run_dir):
 
 @pytest.mark.slow
 def test_aggregate_is_the_example_weighted_mean_and_local_groups_stay_home(tiny_config, tmp_path):
-    cfg_path = tiny_config(partition={"method": "dirichlet", "alpha": 1.0},
+    # BatchNorm on purpose: its 0-d num_batches_tracked counters must travel and aggregate too.
+    cfg_path = tiny_config(partition={"method": "dirichlet", "alpha": 1.0}, model={"norm": "batch"},
                            federation={"sites": 3, "ssl_rounds": 1, "finetune_rounds": 1, "local_groups": ["*bn*"]})
     out = tmp_path / "run"
     run_cli("simulate", "--config", str(cfg_path), "--out", str(out), "--quiet")

@@ -155,3 +155,33 @@ def test_bad_config_names_the_key(raw, key):
         config_from_dict(raw)
     assert err.value.key == key
     assert key in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_imagenet_weights_file_is_loaded_into_the_backbone(tmp_path, suffix):
+    import torchvision
+    from safetensors.torch import save_file
+
+    reference = torchvision.models.resnet18(num_classes=1000).state_dict()
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".pth":
+        torch.save(reference, path)
+    else:
+        save_file({k: v.contiguous() for k, v in reference.items()}, str(path))
+    cfg = small_cfg(model__weights=str(path))
+    model = build_model(cfg.model, 3)
+    own = model.backbone.state_dict()
+    assert torch.equal(own["layer3.1.conv2.weight"], reference["layer3.1.conv2.weight"])
+    assert torch.equal(own["bn1.running_var"], reference["bn1.running_var"])
+    # with GroupNorm the convolutions still load; BatchNorm statistics have nowhere to go and are skipped
+    gmodel = build_model(small_cfg(model__weights=str(path), model__norm="group").model, 3)
+    assert torch.equal(gmodel.backbone.state_dict()["conv1.weight"], reference["conv1.weight"])
+
+
+def test_weights_file_that_does_not_fit_is_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"something.else": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match="no tensor matches"):
+        build_model(small_cfg(model__weights=str(path)).model, 3)
+    with pytest.raises(ConfigError, match="model.weights"):
+        small_cfg(model__weights=str(tmp_path / "missing.pth"))
