@@ -35,6 +35,11 @@ def initial_global(cfg: Config, num_classes: int) -> dict[str, np.ndarray]:
     return {k: v.numpy().copy() for k, v in build_model(cfg.model, num_classes).state_dict().items()}
 
 
+def statistic_keys(cfg: Config, num_classes: int) -> list[str]:
+    """Names of buffers (running statistics): they are averaged but not norm-bounded like weights."""
+    return [name for name, _ in build_model(cfg.model, num_classes).named_buffers()]
+
+
 def wait_for_sites(grid: Grid, count: int, timeout: float) -> dict[int, int]:
     """Map site id -> Flower node id (node ids are random per run; site ids are stable)."""
     deadline = time.time() + timeout
@@ -76,7 +81,7 @@ class FederatedRun:
         self.cfg, self.run_dir, self.grid, self.sites = cfg, run_dir, grid, sites
         self.class_names, self.pooled_test, self.say = class_names, pooled_test, say
         self.global_ = initial_global(cfg, len(class_names))
-        self.strategy = FGSSLStrategy(cfg.federation, list(self.global_))
+        self.strategy = FGSSLStrategy(cfg.federation, list(self.global_), statistic_keys(cfg, len(class_names)))
         self.timeout = cfg.federation.round_timeout_s
         self.last_eval: dict[str, Any] = {}
 

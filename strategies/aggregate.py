@@ -8,7 +8,7 @@ the nearest integer in every method, and are never clipped or trimmed.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,17 +75,20 @@ def weighted_mean(updates: Sequence[SiteUpdate]) -> NamedArrays:
 
 
 def norm_bounded_mean(
-    updates: Sequence[SiteUpdate], reference: NamedArrays, max_norm: float
+    updates: Sequence[SiteUpdate], reference: NamedArrays, max_norm: float,
+    exempt: Collection[str] = (),
 ) -> NamedArrays:
     """Clip each site's delta (over its float keys jointly) to ``max_norm``, then FedAvg the deltas.
 
     The result is a convex combination of clipped deltas, so it lies within ``max_norm``
-    of ``reference`` whatever any single site sends.
+    of ``reference`` whatever any single site sends. ``exempt`` keys (running statistics such
+    as BatchNorm's, whose scale is not a learning step) are averaged without clipping.
     """
     if not max_norm >= 0:
         raise ValueError(f"max_norm must be >= 0, got {max_norm}")
     keys = _check(updates)
-    float_keys = [k for k in keys if is_float(reference[k])]
+    exempt = set(exempt)
+    float_keys = [k for k in keys if is_float(reference[k]) and k not in exempt]
     w = _weights(updates)
     total = {k: np.zeros(reference[k].shape, dtype=np.float64) for k in float_keys}
     for u, weight in zip(updates, w, strict=True):

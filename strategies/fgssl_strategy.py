@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -35,9 +35,11 @@ class RoundOutcome:
 
 
 class FGSSLStrategy:
-    def __init__(self, fed: FederationConfig, all_keys: list[str]) -> None:
+    def __init__(self, fed: FederationConfig, all_keys: list[str], statistics: Iterable[str] = ()) -> None:
+        """`statistics`: keys of running statistics (buffers), exempt from norm bounds and clipping."""
         self.fed = fed
         self.all_keys = list(all_keys)
+        self.statistics = frozenset(statistics)
         self.local_keys = keys_matching(self.all_keys, fed.local_groups)
         params: dict[str, Any] = {}
         if fed.server_lr is not None:
@@ -45,7 +47,7 @@ class FGSSLStrategy:
         if fed.server_optimizer == "fedavgm":
             params["momentum"] = fed.server_momentum
         self.server_opt = make_server_optimizer(fed.server_optimizer, **params)
-        self.bounds = UpdateBounds(max_update_norm=fed.max_update_norm)
+        self.bounds = UpdateBounds(max_update_norm=fed.max_update_norm, norm_exempt=self.statistics)
 
     def round_config(self, rnd: int, seed: int) -> dict[str, Any]:
         """What every site is told for round `rnd` (1-based)."""
@@ -82,6 +84,7 @@ class FGSSLStrategy:
         params: dict[str, Any] = {}
         if self.fed.strategy == "norm_bounded":
             params["max_norm"] = self.fed.clip_norm
+            params["exempt"] = self.statistics
         elif self.fed.strategy == "trimmed_mean":
             params["trim_fraction"] = self.fed.trim_fraction
         agg = aggregate(good, reference, self.fed.strategy, **params)

@@ -14,10 +14,13 @@ class UpdateBounds:
 
     max_update_norm: L2 norm of (update - reference) over all floating-point keys jointly.
     max_abs_value: largest allowed absolute value of any floating-point entry.
+    norm_exempt: keys left out of the norm (running statistics, e.g. BatchNorm's running_var,
+        legitimately move far in one round; they are still checked for shape, dtype and NaN).
     """
 
     max_update_norm: float | None = None
     max_abs_value: float | None = None
+    norm_exempt: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for name in ("max_update_norm", "max_abs_value"):
@@ -75,7 +78,7 @@ def validate_update(
             if biggest > bounds.max_abs_value:
                 limit = bounds.max_abs_value
                 return f"key {key!r}: |value| {biggest:.4g} exceeds bound {limit:.4g}"
-        if bounds.max_update_norm is not None:
+        if bounds.max_update_norm is not None and key not in bounds.norm_exempt:
             delta = value.astype(np.float64) - ref.astype(np.float64)
             key_sq = float(np.dot(delta.ravel(), delta.ravel()))
             sq_norm += key_sq
