@@ -10,12 +10,18 @@ from fgssl.config import ConfigError
 from strategies.fgssl_strategy import RoundFailed
 
 from . import simulate_cmd, train_cmd
+from . import partition_cmd
+from . import prepare_cmd
 
 # Each entry: (name, help, add_arguments, run)
 COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
     ("simulate", "federated FG-SSL over virtual hospitals on Flower's simulation engine", simulate_cmd.add_arguments,
      simulate_cmd.run),
     ("train", "centralised FG-SSL pretraining then progressive fine-tuning", train_cmd.add_arguments, train_cmd.run),
+    ("partition", "show and save how the data pool is split across virtual hospitals (table, partition.json, PNG)",
+     partition_cmd.add_arguments, partition_cmd.run),
+    ("prepare", "decode and resize a real dataset (ISIC 2018/2017, APTOS 2019, folder) once into the training cache",
+     prepare_cmd.add_arguments, prepare_cmd.run),
 ]
 
 

@@ -14,7 +14,9 @@ import numpy as np  # noqa: E402
 from fgssl.data import synthetic  # noqa: E402
 
 
-def _examples_per_class(seed: int, per_class: int, num_classes: int, search_limit: int = 200_000) -> list[np.ndarray]:
+def _examples_per_class(
+    seed: int, per_class: int, num_classes: int, search_limit: int = 200_000
+) -> list[np.ndarray]:
     """The first ``per_class`` indices of each class, found from labels alone (cheap)."""
     found: list[list[int]] = [[] for _ in range(num_classes)]
     start, step = 0, 4096
@@ -60,13 +62,17 @@ def save_contact_sheet(
             if j >= idx.size:  # a very rare class may not have enough examples in the search range
                 continue
             site = j % 4 if site_shift > 0 else None
-            img, _ = synthetic.generate(idx[j : j + 1], seed, image_size, num_classes, site=site, site_shift=site_shift)
+            img, _ = synthetic.generate(
+                idx[j : j + 1], seed, image_size, num_classes, site=site, site_shift=site_shift
+            )
             ax.imshow(img[0].transpose(1, 2, 0), interpolation="nearest")
         axes[k, 0].set_ylabel(
             f"{names[k]}\n{freqs[k]:.1%}\n{families[k]}", rotation=0, ha="right", va="center", fontsize=8
         )
     shift = f", site shift {site_shift:g}" if site_shift > 0 else ""
-    fig.suptitle(f"Synthetic lesions (seed {seed}, {image_size} px{shift}): classes differ only in texture", fontsize=10)
+    fig.suptitle(
+        f"Synthetic lesions (seed {seed}, {image_size} px{shift}): classes differ only in texture", fontsize=10
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -112,5 +118,73 @@ def save_site_sheet(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+PARTITION_FIGSIZE = (11.0, 4.8)  # inches; at PARTITION_DPI gives a 1100 x 480 px PNG
+PARTITION_DPI = 100
+
+
+def _partition_title(record: dict) -> str:
+    params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.get("params", {}).items())
+    method = record["method"] + (f" ({params})" if params else "")
+    total = sum(s["num_samples"] for s in record["sites"])
+    return f"Partition: {method}, {len(record['sites'])} sites, {total} images, seed {record['seed']}"
+
+
+def save_partition_chart(path: str | Path, record: dict) -> Path:
+    """Per-site class counts of a partition.json record: stacked bars of counts (left) and of each site's class
+    proportions (right), one colour per class, legend with the class names."""
+    path = Path(path)
+    names = list(record["class_names"])
+    sites = record["sites"]
+    counts = np.asarray([s["class_counts"] for s in sites], dtype=np.float64).reshape(len(sites), len(names))
+    totals = counts.sum(axis=1)
+    props = counts / np.maximum(totals, 1)[:, None]
+    x = np.arange(len(sites))
+    many = len(sites) > 10  # then the ticks are bare site numbers (names, if any, are in partition.json)
+    labels = [str(s["site"]) if many else f"site {s['site']}" + (f"\n{s['name']}" if s.get("name") else "")
+              for s in sites]
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colors = [cmap(k % cmap.N) for k in range(len(names))]
+    fig, (ax_n, ax_p) = plt.subplots(1, 2, figsize=PARTITION_FIGSIZE, dpi=PARTITION_DPI)
+    width = 0.8
+    # The proportions panel ends with the whole pool's class mix, the reference every site's mix is compared with.
+    pool = counts.sum(axis=0) / max(totals.sum(), 1)
+    x_pool = np.append(x, len(sites) + 0.3)
+    short = [str(s["site"]) if many else f"site {s['site']}" for s in sites] + ["pool"]  # names: left panel only
+    panels = ((ax_n, counts, x, labels), (ax_p, np.vstack([props, pool]), x_pool, short))
+    for ax, values, xs, ticks in panels:
+        bottom = np.zeros(len(xs))
+        for k, name in enumerate(names):
+            ax.bar(xs, values[:, k], width, bottom=bottom, color=colors[k], label=name, edgecolor="white",
+                   linewidth=0.4 if len(sites) <= 30 else 0.0)
+            bottom += values[:, k]
+        ax.set_xticks(xs, ticks, fontsize=8 if len(sites) <= 24 else 6)
+        if len(sites) > 48:  # label every n-th site only
+            step = -(-len(sites) // 24)
+            for i, tick in enumerate(ax.get_xticklabels()[:-1] if ax is ax_p else ax.get_xticklabels()):
+                tick.set_visible(i % step == 0)
+        ax.set_xlabel("site")
+        ax.set_xlim(-0.6, xs[-1] + 0.6)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    ax_n.set_ylabel("images")
+    ax_n.set_title("class counts per site", fontsize=10)
+    ax_n.set_ylim(0, max(totals.max(), 1) * 1.1)
+    if len(sites) <= 20:
+        for xi, t in zip(x, totals):
+            ax_n.text(xi, t, f"{int(t)}", ha="center", va="bottom", fontsize=8)
+    ax_p.set_ylabel("share of the site's images")
+    ax_p.set_ylim(0, 1)
+    ax_p.set_title("class proportions per site", fontsize=10)
+    handles, legend_labels = ax_p.get_legend_handles_labels()  # top of the legend = top of the stack
+    ax_p.legend(handles[::-1], legend_labels[::-1], title="class", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                fontsize=8, title_fontsize=9, frameon=False)
+    fig.suptitle(_partition_title(record), fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=PARTITION_DPI)
     plt.close(fig)
     return path

@@ -32,10 +32,16 @@ def _require(cond: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+DATASETS = ("synthetic", "isic2018", "isic2017", "aptos2019", "folder")
+
+
 @dataclass(frozen=True)
 class DataConfig:
+    # synthetic (built in) | isic2018 | isic2017 | aptos2019 (official download layouts) | folder (images + a CSV)
     dataset: str = "synthetic"
+    # Side of the square images the model sees; real images are resized to it once, into the cache.
     image_size: int = 64
+    # Synthetic data only (real datasets take their classes from the label files).
     num_classes: int = 7
     # Synthetic data only: how many images to generate in total (before the train/val/test split).
     num_samples: int = 2400
@@ -43,9 +49,29 @@ class DataConfig:
     test_fraction: float = 0.15
     # Synthetic data only: strength of the per-site acquisition shift (0 = none).
     site_shift: float = 0.0
+    # Real datasets: the folder as downloaded (see fgssl/data/official.py for each layout).
+    root: str | None = None
+    # Where decoded, resized images are cached (null = <root>/.fgssl-cache; must be writable).
+    cache_dir: str | None = None
+    # crop: short side to image_size, centre crop | pad: long side to image_size, black borders | stretch
+    resize: Literal["crop", "pad", "stretch"] = "crop"
+    # Skip (and list in the cache's manifest) images that are missing or cannot be decoded, instead of stopping.
+    # Label and CSV errors always stop.
+    skip_bad_images: bool = False
+    # auto: the official splits when the dataset ships all of them (ISIC 2017 Training/Validation/Test_v2), else
+    # stratified by val_fraction/test_fraction (grouped by lesion/patient id when known) | official | stratified
+    split: Literal["auto", "official", "stratified"] = "auto"
+    # dataset=folder only: the CSV (relative to root), its image-path and label columns, an optional group column
+    # (patient/lesion id: its images never straddle splits) and an optional fixed class order (else sorted labels).
+    csv: str | None = None
+    path_column: str = "image"
+    label_column: str = "label"
+    group_column: str | None = None
+    class_names: tuple[str, ...] = ()
 
     def validate(self, p: str) -> None:
-        _require(self.dataset in ("synthetic",), f"{p}.dataset", f"unknown dataset '{self.dataset}'; choose from: synthetic")
+        _require(self.dataset in DATASETS, f"{p}.dataset",
+                 f"unknown dataset '{self.dataset}'; choose from: {', '.join(DATASETS)}")
         _require(self.image_size >= 8, f"{p}.image_size", f"must be >= 8, got {self.image_size}")
         _require(self.num_classes >= 2, f"{p}.num_classes", f"must be >= 2, got {self.num_classes}")
         _require(self.num_samples >= 10, f"{p}.num_samples", f"must be >= 10, got {self.num_samples}")
@@ -55,6 +81,26 @@ class DataConfig:
         _require(self.val_fraction + self.test_fraction < 1.0, f"{p}.test_fraction",
                  "val_fraction + test_fraction must leave some training data")
         _require(self.site_shift >= 0.0, f"{p}.site_shift", f"must be >= 0, got {self.site_shift}")
+        if self.dataset != "synthetic":
+            _require(bool(self.root), f"{p}.root", f"required for dataset '{self.dataset}': the folder it was "
+                     "downloaded to")
+        _require(self.split != "official" or self.dataset == "isic2017", f"{p}.split",
+                 f"'official' splits exist only for isic2017, not '{self.dataset}'; use auto or stratified")
+        if self.dataset == "folder":
+            _require(bool(self.csv), f"{p}.csv", "required for dataset 'folder': the CSV of image paths and labels")
+            _require(bool(self.path_column), f"{p}.path_column", "must not be empty")
+            _require(bool(self.label_column), f"{p}.label_column", "must not be empty")
+            _require(self.path_column != self.label_column, f"{p}.label_column",
+                     f"must differ from data.path_column ('{self.path_column}')")
+            _require(self.group_column is None or self.group_column not in (self.path_column, self.label_column),
+                     f"{p}.group_column", "must differ from data.path_column and data.label_column")
+        else:
+            _require(not self.class_names, f"{p}.class_names", f"only used by dataset 'folder' ('{self.dataset}' "
+                     "has fixed classes)")
+        for i, c in enumerate(self.class_names):
+            _require(bool(c), f"{p}.class_names[{i}]", "must not be empty")
+        _require(len(set(self.class_names)) == len(self.class_names), f"{p}.class_names", "repeats a class")
+        _require(not self.class_names or len(self.class_names) >= 2, f"{p}.class_names", "needs at least 2 classes")
 
 
 @dataclass(frozen=True)
@@ -117,6 +163,8 @@ class TrainConfig:
     batch_size: int = 64
     ssl_epochs: int = 1
     finetune_epochs: int = 5
+    # 'sampler': fine-tuning batches draw every class equally often (with replacement); 'none': plain shuffling.
+    class_balance: Literal["sampler", "none"] = "sampler"
     device: str = "auto"
     # Torch intra-op threads; null = torch's default.
     threads: int | None = None

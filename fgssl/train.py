@@ -135,7 +135,9 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
     sums = np.zeros(4)
     done = 0
     while done < total:
-        for xb, yb in data.batches(bs, shuffle=True, generator=generator, drop_last=drop_last):
+        balanced = phase == "finetune" and cfg.train.class_balance == "sampler"
+        order = data.balanced_order(generator) if balanced else None
+        for xb, yb in data.batches(bs, shuffle=True, generator=generator, drop_last=drop_last, order=order):
             if done == total:
                 break
             if xb.shape[0] < 2:

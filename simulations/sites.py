@@ -13,7 +13,7 @@ from fgssl.data import synthetic
 from fgssl.data.images import ImageSet
 from fgssl.data.sources import Splits, split, synthetic_pool
 
-from .partition import class_counts, partition
+from .partition import compute_partition
 
 
 @dataclass
@@ -49,13 +49,7 @@ def _cat(tensors):
 
 def build_sites(cfg: Config, run_dir: Path, save: bool = True) -> SimulatedSites:
     """Partition the data pool across `federation.sites` (a pure function of the config) and save it with the run."""
-    labels = synthetic.labels_for(np.arange(cfg.data.num_samples), cfg.seed, cfg.data.num_classes)
-    parts = partition(labels, cfg.federation.sites, cfg.partition, cfg.seed)
-    names = list(synthetic.class_names(cfg.data.num_classes))
-    record = {"method": cfg.partition.method, "alpha": cfg.partition.alpha, "seed": cfg.seed,
-              "class_names": names,
-              "sites": [{"site": s, "num_samples": int(len(p)), "class_counts": c, "indices": p.tolist()}
-                        for s, (p, c) in enumerate(zip(parts, class_counts(labels, parts, len(names))))]}
+    _, parts, record = compute_partition(cfg)
     if save:
         (run_dir / "partition.json").write_text(json.dumps(record))
     return SimulatedSites(cfg, parts, run_dir / "sites")

@@ -173,6 +173,13 @@ def test_same_seed_same_images() -> None:
     np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_any_integer_seed_is_a_valid_key() -> None:
+    # numpy ints behave like Python ints; negative and > 64-bit seeds wrap onto 64 bits.
+    np.testing.assert_array_equal(S.generate(range(3), np.int64(7))[0], S.generate(range(3), 7)[0])
+    np.testing.assert_array_equal(S.generate(range(3), -1)[0], S.generate(range(3), 2**64 - 1)[0])
+    assert not np.array_equal(S.generate(range(3), -1)[0], S.generate(range(3), 1)[0])
+
+
 def test_different_seeds_and_indices_differ() -> None:
     a, _ = S.generate(range(20), seed=0)
     b, _ = S.generate(range(20), seed=1)

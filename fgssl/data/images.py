@@ -46,11 +46,24 @@ class ImageSet:
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
+    def balanced_order(self, generator: torch.Generator | None = None) -> Tensor:
+        """len(self) indices drawn with replacement so that every present class is equally likely.
+
+        Skewed hospital data (ISIC: two thirds naevi) otherwise teaches the model to answer the majority class.
+        """
+        counts = torch.bincount(self.labels, minlength=self.num_classes).float()
+        weights = 1.0 / counts[self.labels]
+        return torch.multinomial(weights, len(self), replacement=True, generator=generator)
+
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yield (uint8 images, labels); the caller moves and normalises them on its device."""
+                drop_last: bool = False, order: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield (uint8 images, labels); the caller moves and normalises them on its device.
+
+        `order` (indices, e.g. from balanced_order) replaces the default sequential or shuffled order.
+        """
         n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if order is None:
+            order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]

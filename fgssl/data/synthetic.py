@@ -97,8 +97,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _u64(value: int) -> np.ndarray:
-    # Python ints of any sign map onto 64 bits, so negative or huge seeds are still valid keys.
-    return np.array([value & _U64], dtype=np.uint64)
+    # Ints of any sign or size map onto 64 bits, so negative or huge seeds are still valid keys.
+    return np.array([int(value) & _U64], dtype=np.uint64)
 
 
 def _keys(indices: np.ndarray, seed: int, salt: int = _SALT_IMAGE) -> np.ndarray:
@@ -516,10 +516,12 @@ def _render(keys: np.ndarray, labels: np.ndarray, size: int, site: _SiteParams |
 
     # Texture coordinates: relative to the lesion centre and gently warped (shared by all
     # classes) so that periodic patterns wobble like real tissue instead of being ruler-straight.
-    wx = u("warp_a1", 0.3, 1.6) * f32(ts) * np.sin(y * (_TWO_PI / (u("warp_l1", 14, 28) * f32(ts))) + u("warp_p1", 0, 2 * np.pi))
-    wy = u("warp_a2", 0.3, 1.6) * f32(ts) * np.sin(x * (_TWO_PI / (u("warp_l2", 14, 28) * f32(ts))) + u("warp_p2", 0, 2 * np.pi))
-    tx = (x - cx) + wx
-    ty = (y - cy) + wy
+    def wave(coord: np.ndarray, i: int) -> np.ndarray:  # a 1-D field: broadcasting keeps it cheap
+        freq = _TWO_PI / (u(f"warp_l{i}", 14, 28) * f32(ts))
+        return u(f"warp_a{i}", 0.3, 1.6) * f32(ts) * np.sin(coord * freq + u(f"warp_p{i}", 0, 2 * np.pi))
+
+    tx = (x - cx) + wave(y, 1)
+    ty = (y - cy) + wave(x, 2)
 
     tex = np.empty((n, size, size), f32)
     for cls in np.unique(labels):

@@ -1,0 +1,439 @@
+"""Decode and resize a real dataset once into a compact uint8 cache; training reads only the cache.
+
+A cache is one folder ``<cache_dir>/<dataset>-<size>px-<resize>-<root hash>/`` holding
+
+    images.npy      uint8 (N, 3, S, S), read as a memory map
+    labels.npy      int64 (N,)
+    ids.npy         str   (N,)  image ids (file stems; the CSV path for `folder`)
+    groups.npy      str   (N,)  lesion / patient ids ("" when unknown)
+    partitions.npy  int8  (N,)  index into manifest["partition_names"] (-1 = none)
+    sites.npy       str   (N,)  acquisition site ("" when unknown)
+    manifest.json   format version, the settings that shaped the cache, class names and counts, the size and
+                    mtime of every source file, skipped images with reasons, notes, build time
+    skipped.csv     (only when images were skipped) id,file,reason
+
+Only `.npy` files without object arrays and JSON are written; everything is read with ``allow_pickle=False``.
+The folder is built under a temporary name and renamed into place when complete, so a killed build never leaves a
+cache that looks valid. A cache is reused when its manifest matches the current settings and every source file
+(label CSVs, metadata, images) still has the recorded size and mtime; otherwise it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from ..config import DataConfig
+from . import official
+from .errors import DataError
+from .official import Index, Skip
+
+FORMAT = "fgssl-image-cache"
+VERSION = 1
+MANIFEST = "manifest.json"
+ARRAYS = ("images", "labels", "ids", "groups", "partitions", "sites")
+
+
+@dataclass
+class CachedData:
+    """A loaded cache: images stay on disk (memory map) until indexed."""
+    path: Path
+    images: np.ndarray  # uint8 memmap (N, 3, S, S)
+    labels: np.ndarray
+    ids: np.ndarray
+    groups: np.ndarray
+    partitions: np.ndarray
+    sites: np.ndarray
+    manifest: dict[str, Any]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.manifest["class_names"])
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class PrepareResult:
+    path: Path
+    built: bool
+    reason: str  # why it was (re)built; "" when a valid cache was reused
+    manifest: dict[str, Any]
+    seconds: float  # this call's wall time
+    removed_leftovers: list[str] = field(default_factory=list)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.manifest["num_images"])
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        return list(self.manifest.get("skipped", []))
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.manifest.get("notes", []))
+
+    @property
+    def images_per_s(self) -> float:
+        """Build speed (decoded images per second) of the build that made this cache."""
+        return float(self.manifest.get("images_per_s", 0.0))
+
+
+# ------------------------------------------------------------------------------------------------------- naming
+
+
+def _settings(cfg: DataConfig) -> dict[str, Any]:
+    """Everything besides the source files that decides a cache's content."""
+    s: dict[str, Any] = {"dataset": cfg.dataset, "root": str(Path(cfg.root).resolve()) if cfg.root else None,
+                         "image_size": cfg.image_size, "resize": cfg.resize}
+    if cfg.dataset == "folder":
+        s.update(csv=cfg.csv, path_column=cfg.path_column, label_column=cfg.label_column,
+                 group_column=cfg.group_column, class_names=list(cfg.class_names))
+    return s
+
+
+def cache_base(cfg: DataConfig) -> Path:
+    """The folder that holds caches: data.cache_dir, else <root>/.fgssl-cache."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    if not cfg.root:
+        raise DataError(f"data.root is required for data.dataset={cfg.dataset}", "data.root")
+    root = Path(cfg.root)
+    base = root / ".fgssl-cache"
+    # A dataset folder marked read-only (no write bit at all) is not written into, even by a superuser.
+    if not base.exists() and root.is_dir() and not root.stat().st_mode & 0o222:
+        raise DataError(f"the dataset folder {root} is read-only, so the cache cannot go to {base}: set "
+                        "data.cache_dir (or `fgssl prepare --out DIR`) to a writable folder", "data.cache_dir")
+    return base
+
+
+def cache_path(cfg: DataConfig) -> Path:
+    s = _settings(cfg)
+    digest = hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_base(cfg) / f"{cfg.dataset}-{cfg.image_size}px-{cfg.resize}-{digest}"
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _sources(index: Index) -> list[list[Any]]:
+    """[relative path, size, mtime_ns] of every label file and image (-1, -1 for a missing image)."""
+    out = []
+    for p in [*index.label_files, *(r.path for r in index.records)]:
+        st = p.stat()
+        out.append([_rel(p, index.root), st.st_size, st.st_mtime_ns])
+    for s in index.missing:
+        out.append([_rel(Path(s.file), index.root), -1, -1])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ validity
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        m = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def _first_difference(old: list[list[Any]], new: list[list[Any]]) -> str:
+    old_map = {e[0]: tuple(e[1:]) for e in old}
+    new_map = {e[0]: tuple(e[1:]) for e in new}
+    for name, stat in new_map.items():
+        if name not in old_map:
+            return f"new source file {name}"
+        if old_map[name] != stat:
+            return f"source file changed: {name}"
+    gone = [n for n in old_map if n not in new_map]
+    if gone:
+        return f"source file no longer used: {gone[0]}"
+    return "the order of the labelled images changed"
+
+
+def stale_reason(path: Path, settings: dict[str, Any], sources: list[list[Any]], skip_bad_images: bool) -> str | None:
+    """None when the cache at `path` is complete and matches; otherwise why it must be (re)built."""
+    m = read_manifest(path)
+    if m is None:
+        return "no cache yet" if not path.exists() else "no readable manifest"
+    if m.get("format") != FORMAT or m.get("version") != VERSION:
+        return f"cache format changed (found version {m.get('version')}, need {VERSION})"
+    if m.get("settings") != settings:
+        changed = sorted(k for k in settings.keys() | m.get("settings", {}).keys()
+                         if settings.get(k) != m.get("settings", {}).get(k))
+        return f"settings changed: {', '.join(changed)}"
+    if m.get("sources") != sources:
+        return _first_difference(m.get("sources", []), sources)
+    if m.get("skipped") and not skip_bad_images:
+        return f"the cache skipped {len(m['skipped'])} bad image(s) but data.skip_bad_images is false"
+    n, size = m.get("num_images"), settings["image_size"]
+    try:
+        shapes = {a: np.load(path / f"{a}.npy", mmap_mode="r", allow_pickle=False).shape for a in ARRAYS}
+    except (OSError, ValueError):
+        return "cache files missing or unreadable"
+    if shapes["images"] != (n, 3, size, size) or any(shapes[a] != (n,) for a in ARRAYS if a != "images"):
+        return "cache files do not match the manifest"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------- build
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # cannot tell safely: keep it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftovers(base: Path, name: str) -> list[str]:
+    """Delete partial builds of this cache left by killed processes (their pid is part of the folder name)."""
+    removed = []
+    for p in list(base.glob(f".tmp-{name}-*")) + list(base.glob(f".old-{name}-*")):
+        try:
+            pid = int(p.name[len(f".tmp-{name}-"):].split("-")[0])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(str(p))
+    return removed
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive advisory lock (POSIX), so that processes sharing a cache folder build it once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking; the atomic rename still keeps every cache whole
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _decode_all(index: Index, images: np.ndarray, size: int, resize: str, skip: bool, workers: int,
+                progress: bool) -> list[tuple[int, Skip]]:
+    """Decode every record into `images[i]`; returns (position, skip) for undecodable files when skipping."""
+    bad: list[tuple[int, Skip]] = []
+
+    def work(i: int) -> tuple[int, Skip] | None:
+        r = index.records[i]
+        try:
+            images[i] = official.decode_image(r.path, size, resize)
+        except DataError as e:
+            if not skip:
+                raise
+            return i, Skip(r.id, str(r.path), str(e))
+        return None
+
+    n = len(index.records)
+    bar = tqdm(total=n, desc=f"prepare {index.dataset} {size}px", unit="img", disable=not progress,
+               dynamic_ncols=True, leave=False)
+    try:
+        if workers <= 1:
+            for i in range(n):
+                res = work(i)
+                if res:
+                    bad.append(res)
+                bar.update(1)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = [pool.submit(work, i) for i in range(n)]
+                try:
+                    for fut in futures:
+                        res = fut.result()
+                        if res:
+                            bad.append(res)
+                        bar.update(1)
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    finally:
+        bar.close()
+    return bad
+
+
+def _build(index: Index, cfg: DataConfig, target: Path, settings: dict[str, Any], sources: list[list[Any]],
+           workers: int, progress: bool) -> dict[str, Any]:
+    size = cfg.image_size
+    started = time.perf_counter()
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    n = len(index.records)
+    if n == 0:
+        raise DataError(f"no images left in {index.root} after skipping {len(index.missing)} missing file(s)")
+    tmp.mkdir(parents=True)
+    try:
+        images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
+        bad = _decode_all(index, images, size, cfg.resize, cfg.skip_bad_images, workers, progress)
+        keep = np.ones(n, dtype=bool)
+        keep[[i for i, _ in bad]] = False
+        if bad:
+            kept = int(keep.sum())
+            if kept == 0:
+                raise DataError(f"no decodable images left in {index.root} after skipping {len(bad)}")
+            compact = open_memmap(tmp / "images.kept.npy", mode="w+", dtype=np.uint8, shape=(kept, 3, size, size))
+            where = np.flatnonzero(keep)
+            for start in range(0, kept, 256):
+                compact[start:start + 256] = images[where[start:start + 256]]
+            compact.flush()
+            del compact, images
+            os.replace(tmp / "images.kept.npy", tmp / "images.npy")
+        else:
+            images.flush()
+            del images
+        recs = [r for r, k in zip(index.records, keep) if k]
+        arrays = {
+            "labels": np.array([r.label for r in recs], dtype=np.int64),
+            "ids": np.array([r.id for r in recs], dtype=str),
+            "groups": np.array([r.group for r in recs], dtype=str),
+            "partitions": np.array([r.partition for r in recs], dtype=np.int8),
+            "sites": np.array([r.site for r in recs], dtype=str),
+        }
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+        skipped = [s.to_dict() for s in index.missing] + [s.to_dict() for _, s in bad]
+        if skipped:
+            with open(tmp / "skipped.csv", "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=["id", "file", "reason"])
+                w.writeheader()
+                w.writerows(skipped)
+        seconds = time.perf_counter() - started
+        counts = np.bincount(arrays["labels"], minlength=len(index.class_names)).tolist()
+        manifest = {
+            "format": FORMAT, "version": VERSION, "settings": settings,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "num_images": len(recs), "image_shape": [3, size, size],
+            "class_names": list(index.class_names), "class_counts": counts,
+            "partition_names": list(index.partition_names), "has_groups": index.has_groups,
+            "build_seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2) if seconds > 0 else 0.0,
+            "skipped": skipped, "notes": list(index.notes), "sources": sources,
+        }
+        for name in ARRAYS:
+            _fsync(tmp / f"{name}.npy")
+        # The manifest goes last: a folder without one is never taken for a cache.
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _fsync(tmp / MANIFEST)
+        _fsync(tmp)
+        _install(tmp, target)
+        _fsync(target.parent)
+        return manifest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Rename the finished folder into place, moving an old (stale) cache aside first."""
+    for _ in range(3):
+        old = None
+        if target.exists():
+            old = target.parent / f".old-{target.name}-{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                os.replace(target, old)
+            except FileNotFoundError:
+                old = None  # another process moved it meanwhile
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            continue  # another process installed its build meanwhile: replace it with ours (same content)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    raise DataError(f"could not install the cache at {target}", "data.cache_dir")
+
+
+def prepare(cfg: DataConfig, *, workers: int = 1, progress: bool = True) -> PrepareResult:
+    """Build the cache for `cfg` (a real dataset), or reuse it when it is still valid."""
+    started = time.perf_counter()
+    index = official.scan(cfg)
+    settings = _settings(cfg)
+    try:
+        sources = _sources(index)
+    except OSError as e:
+        raise DataError(f"cannot read {e.filename}: {e.strerror}") from None
+    target = cache_path(cfg)
+    reason = stale_reason(target, settings, sources, cfg.skip_bad_images)
+    if reason is None:
+        manifest = read_manifest(target)
+        assert manifest is not None
+        return PrepareResult(target, False, "", manifest, time.perf_counter() - started)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _lock(target.parent / f".{target.name}.lock"):
+            # another process may have built it while this one waited for the lock
+            if stale_reason(target, settings, sources, cfg.skip_bad_images) is None:
+                manifest = read_manifest(target)
+                assert manifest is not None
+                return PrepareResult(target, False, "", manifest, time.perf_counter() - started)
+            removed = _remove_leftovers(target.parent, target.name)
+            manifest = _build(index, cfg, target, settings, sources, workers, progress)
+    except DataError:
+        raise
+    except OSError as e:
+        where = e.filename or target.parent
+        hint = "" if cfg.cache_dir else " (set data.cache_dir, or `fgssl prepare --out DIR`, to a writable folder)"
+        raise DataError(f"cannot write the cache in {target.parent}: {e.strerror or e} ({where}){hint}",
+                        "data.cache_dir") from None
+    return PrepareResult(target, True, reason, manifest, time.perf_counter() - started, removed)
+
+
+def load_cache(path: str | Path) -> CachedData:
+    """Open a cache folder written by `prepare` (images memory-mapped, nothing unpickled)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest is None or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: not an fgssl image cache (no valid {MANIFEST})", "data.cache_dir")
+    try:
+        arrays = {a: np.load(path / f"{a}.npy", mmap_mode="r" if a == "images" else None, allow_pickle=False)
+                  for a in ARRAYS}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable cache file ({e})", "data.cache_dir") from None
+    return CachedData(path, manifest=manifest, **arrays)
