@@ -12,7 +12,7 @@ from fgssl.rundir import RunDir
 from .common import format_table, open_run_dir, resolve_config, seed_everything
 
 DEFAULT_CONFIG = Path(str(resources.files("simulations") / "configs" / "default.yaml"))
-TABLE = ["site", "num_examples", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
+TABLE = ["site", "num_examples", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "epsilon"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     final = summary.get("final", {})
     rows = [{"site": s, **m} for s, m in final.items()]
     if rows:
-        print(format_table(rows, TABLE))
+        columns = [c for c in TABLE if c != "epsilon" or any("epsilon" in r for r in rows)]
+        print(format_table(rows, columns))
+    print(f"privacy: {summary['privacy']['text']}")
     print(f"fgssl simulate: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
           f"(summary.json, metrics.jsonl, metrics.csv, partition.json, model.safetensors, checkpoint/)")
     return 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import torch
 
+from fgssl.data.errors import DataWarning
 from fgssl.data.sources import load_splits
 from fgssl.model import build_model
 from fgssl.train import evaluate, resolve_device, train_local
@@ -29,9 +31,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     started = time.time()
-    splits = load_splits(cfg.data, cfg.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # the same notes are printed and saved below
+        splits = load_splits(cfg.data, cfg.seed, progress=not args.quiet)
     print(f"data: {cfg.data.dataset}, {splits.sizes()} images of {cfg.data.image_size} px, "
           f"{splits.train.num_classes} classes")
+    for note in splits.notes:
+        print(f"note: {note}")
     model = build_model(cfg.model, splits.train.num_classes).to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     progress = Progress(args.quiet)
@@ -55,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     test = evaluate(model, splits.test, device=device)
     summary = {"command": "train", "seed": cfg.seed, "elapsed_s": round(time.time() - started, 1),
                "splits": splits.sizes(), "class_names": list(splits.train.class_names),
-               "chance_balanced_accuracy": 1.0 / splits.train.num_classes, "val": val, "test": test}
+               "chance_balanced_accuracy": 1.0 / splits.train.num_classes, "data_notes": splits.notes,
+               "skipped_images": splits.skipped, "val": val, "test": test}
     run_dir.log({"phase": "final", "split": "test", **test})
     run_dir.write_metrics_csv()
     run_dir.write_summary(summary)

@@ -17,6 +17,7 @@ import torch
 from fgssl.config import Config
 from fgssl.data.sources import Splits
 from fgssl.model import FGSSLNet, build_model
+from fgssl.privacy.node import private_round
 from fgssl.rundir import load_weights
 from fgssl.train import evaluate, train_local
 from strategies.groups import keys_matching
@@ -101,16 +102,26 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
     splits = sites.splits(site)
     state_dir = sites.state_dir(site)
     model = _model_with(cfg, splits.train.num_classes, received, load_local_groups(state_dir, rnd))
-    gen = torch.Generator().manual_seed(site_seed(int(round_cfg["seed"]), site, rnd))
-    result = train_local(model, splits.train, phase, cfg, epochs=int(round_cfg["local_epochs"]),
-                         max_batches=int(round_cfg["max_local_batches"]) or None,
-                         progress=(float(round_cfg["progress_start"]), float(round_cfg["progress_end"])),
-                         generator=gen)
+    epochs, max_batches = int(round_cfg["local_epochs"]), int(round_cfg["max_local_batches"]) or None
+    progress = (float(round_cfg["progress_start"]), float(round_cfg["progress_end"]))
+    if cfg.privacy.mode == "sample":
+        private = private_round(model, splits.train, phase, cfg, state_dir, site=site,
+                                run_id=str(round_cfg.get("run_id", "run")), rnd=rnd, epochs=epochs,
+                                max_batches=max_batches, progress=progress)
+        privacy = {"epsilon": private.epsilon, "delta": private.delta}
+        if private.refused:
+            return {}, {"refused": private.refused, **privacy}
+        info: dict[str, Any] = {**private.metrics, **privacy}
+    else:
+        gen = torch.Generator().manual_seed(site_seed(int(round_cfg["seed"]), site, rnd))
+        result = train_local(model, splits.train, phase, cfg, epochs=epochs, max_batches=max_batches,
+                             progress=progress, generator=gen)
+        info = {"num_examples": result.num_examples, "batches": result.batches, **result.losses}
     save_local_groups(state_dir, rnd, model, cfg.federation.local_groups)
     state = model.state_dict()
     arrays = {k: state[k].detach().cpu().numpy() for k in received}
-    info = {"num_examples": result.num_examples, "batches": result.batches, **result.losses}
-    return _apply_fault(cfg, site, rnd, arrays), {k: v for k, v in info.items() if math.isfinite(v)}
+    info = {k: v for k, v in info.items() if not isinstance(v, float) or math.isfinite(v)}
+    return _apply_fault(cfg, site, rnd, arrays), info
 
 
 def evaluate_global(cfg: Config, sites: SiteProvider, site: int, received: NamedArrays, rnd: int) -> dict[str, Any]:

@@ -107,6 +107,8 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet18"
     norm: Literal["batch", "group"] = "batch"
+    # 'imagenet': torchvision's stem (stride 4: conv + max-pool); 'small': no max-pool (stride 2), for small images.
+    stem: Literal["imagenet", "small"] = "imagenet"
     # Jigsaw grid size n (n x n tiles) for the blocks on layer2, layer3, layer4.
     granularities: tuple[int, int, int] = (8, 4, 2)
     # Paper: 512 / 1024 / 512. Smaller defaults keep the CPU demo in minutes; see README.
@@ -150,11 +152,15 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: Literal["cosine", "constant"] = "cosine"
+    # Both rates are multiplied by this in the SSL stage: Barlow Twins gradients grow with the embedding size, and
+    # plain SGD at fine-tuning rates wrecks the backbone there.
+    ssl_lr_scale: float = 0.02
 
     def validate(self, p: str) -> None:
         for k in ("lr_new", "lr_backbone"):
             _require(getattr(self, k) > 0, f"{p}.{k}", f"must be > 0, got {getattr(self, k)}")
         _require(0 <= self.momentum < 1, f"{p}.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.ssl_lr_scale > 0, f"{p}.ssl_lr_scale", f"must be > 0, got {self.ssl_lr_scale}")
         _require(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
 
 
@@ -162,7 +168,7 @@ class OptimConfig:
 class TrainConfig:
     batch_size: int = 64
     ssl_epochs: int = 1
-    finetune_epochs: int = 5
+    finetune_epochs: int = 10
     # 'sampler': fine-tuning batches draw every class equally often (with replacement); 'none': plain shuffling.
     class_balance: Literal["sampler", "none"] = "sampler"
     device: str = "auto"
@@ -224,6 +230,8 @@ class FederationConfig:
     ssl_rounds: int = 1
     finetune_rounds: int = 4
     local_epochs: int = 1
+    # Local epochs in SSL rounds (null = local_epochs); SSL batches cost about twice as much as fine-tuning ones.
+    ssl_local_epochs: int | None = None
     # Cap on local batches per round (null = full local epochs); keeps rounds short on large sites.
     max_local_batches: int | None = None
     # fedavg (example-weighted mean) | norm_bounded (clip each site's change) | trimmed_mean (coordinate-wise)
@@ -247,6 +255,8 @@ class FederationConfig:
             _require(getattr(self, k) >= 0, f"{p}.{k}", f"must be >= 0, got {getattr(self, k)}")
         _require(self.ssl_rounds + self.finetune_rounds >= 1, f"{p}.finetune_rounds", "the run needs at least one round")
         _require(self.local_epochs >= 1, f"{p}.local_epochs", f"must be >= 1, got {self.local_epochs}")
+        _require(self.ssl_local_epochs is None or self.ssl_local_epochs >= 1, f"{p}.ssl_local_epochs",
+                 f"must be >= 1 or null, got {self.ssl_local_epochs}")
         _require(self.max_local_batches is None or self.max_local_batches >= 1, f"{p}.max_local_batches",
                  f"must be >= 1 or null, got {self.max_local_batches}")
         _require(self.strategy in AGGREGATIONS, f"{p}.strategy",
@@ -267,6 +277,11 @@ class FederationConfig:
     @property
     def total_rounds(self) -> int:
         return self.ssl_rounds + self.finetune_rounds
+
+    def epochs_of(self, phase: str) -> int:
+        if phase == "ssl" and self.ssl_local_epochs is not None:
+            return self.ssl_local_epochs
+        return self.local_epochs
 
     def phase_of(self, rnd: int) -> str:
         """Phase of round `rnd` (1-based): SSL rounds first, then fine-tuning."""
@@ -301,6 +316,45 @@ class SimulationConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy of local training (see docs/privacy.md for what each guarantee protects)."""
+    # none: no DP. sample: DP-SGD at every site, (ε, δ) per patient image of that site, composed over all rounds.
+    mode: Literal["none", "sample"] = "none"
+    # σ: noise std / max_grad_norm. Give this or target_epsilon.
+    noise_multiplier: float | None = None
+    # Derive σ so that each site's planned run (all its rounds) spends at most this ε.
+    target_epsilon: float | None = None
+    # A site refuses to train when its next round would exceed this (null = target_epsilon, else no limit).
+    max_epsilon: float | None = None
+    # null = min(1e-5, 1/(10 n)) for a site with n training images.
+    delta: float | None = None
+    max_grad_norm: float = 1.0
+    # σ_s of the SSL cross-correlation statistic (noise std / embedding size).
+    statistic_noise_multiplier: float = 2.0
+    # Expected Poisson batch size (null = train.batch_size).
+    expected_batch_size: int | None = None
+    accountant: Literal["rdp", "prv"] = "rdp"
+    grad_sample_mode: Literal["hooks", "functorch", "ew"] = "hooks"
+    # fresh: each progressive step draws its own Poisson batch; shared: one batch for all four (accounted σ/2).
+    batch_reuse: Literal["fresh", "shared"] = "fresh"
+
+    def validate(self, p: str) -> None:
+        if self.mode == "sample":
+            _require((self.noise_multiplier is None) != (self.target_epsilon is None), f"{p}.noise_multiplier",
+                     "give exactly one of privacy.noise_multiplier and privacy.target_epsilon")
+        for k in ("noise_multiplier", "target_epsilon", "max_epsilon", "max_grad_norm", "statistic_noise_multiplier"):
+            v = getattr(self, k)
+            _require(v is None or v > 0, f"{p}.{k}", f"must be > 0, got {v}")
+        _require(self.delta is None or 0 < self.delta < 1, f"{p}.delta", f"must be in (0, 1), got {self.delta}")
+        _require(self.expected_batch_size is None or self.expected_batch_size >= 1, f"{p}.expected_batch_size",
+                 f"must be >= 1, got {self.expected_batch_size}")
+
+    @property
+    def budget(self) -> float | None:
+        return self.max_epsilon if self.max_epsilon is not None else self.target_epsilon
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -311,6 +365,7 @@ class Config:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
@@ -320,6 +375,9 @@ class Config:
         min_size = max(self.model.granularities)
         _require(self.data.image_size >= min_size, "data.image_size",
                  f"{self.data.image_size} px is smaller than the largest jigsaw grid ({min_size}x{min_size} tiles)")
+        if self.privacy.mode != "none":
+            _require(self.model.norm == "group", "model.norm",
+                     "must be 'group' under differential privacy (BatchNorm mixes samples; Opacus rejects it)")
         for i, f in enumerate(self.simulation.faults):
             _require(f.site < self.federation.sites, f"simulation.faults[{i}].site",
                      f"site {f.site} does not exist (federation.sites={self.federation.sites})")

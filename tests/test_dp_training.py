@@ -1,0 +1,314 @@
+"""DP-SGD in both local phases: per-sample independence of the SSL surrogate, clipping, noise scale, accounting.
+
+Tiny GroupNorm model at 32 px; every test fixes its seeds.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fgssl.config import ConfigError, config_from_dict
+from fgssl.data.images import ImageSet
+from fgssl.jigsaw import jigsaw
+from fgssl.losses import barlow_twins_loss
+from fgssl.model import CONCAT, build_model
+from fgssl.privacy.accounting import Mechanism
+from fgssl.privacy.dp_train import (
+    DPSettings,
+    DPStepper,
+    PerSampleGradients,
+    check_dp_model,
+    dp_train_local,
+    plan_mechanism,
+)
+from fgssl.privacy.ssl_surrogate import (
+    noise_bias,
+    objective_gradient,
+    per_sample_normalize,
+    per_sample_normalized_bt_loss,
+    release_direction,
+    release_statistic,
+    surrogate_per_sample,
+)
+
+TINY = {"model": {"block_mid_channels": 16, "block_out_channels": 32, "embed_dim": 16, "groups": 4, "norm": "group",
+                  "granularities": [4, 2, 1]},
+        "train": {"batch_size": 8}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_cfg(**sections):
+    raw = {k: dict(v) for k, v in TINY.items()}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return config_from_dict(raw)
+
+
+def tiny_model(cfg=None, seed=0):
+    torch.manual_seed(seed)
+    return build_model((cfg or tiny_cfg()).model, 3).train()
+
+
+def images(n, seed=0):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def per_sample_surrogate_grads(model, grads, v1, v2, g, branch):
+    """{name: (N, ...)} per-sample gradients of Σ_i ⟨G, ẑ'_i ẑ''_iᵀ⟩ (both views in one backward)."""
+    grads.clear()
+    z1n = per_sample_normalize(grads(v1, (branch,), with_logits=False).embeddings[branch])
+    z2n = per_sample_normalize(grads(v2, (branch,), with_logits=False).embeddings[branch])
+    grads.backward(surrogate_per_sample(z1n, z2n, g).sum())
+    out = {n: p.grad_sample.detach().clone() for n, p in model.named_parameters()
+           if getattr(p, "grad_sample", None) is not None}
+    grads.clear()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (a) the SSL surrogate is per-sample, and exact without noise
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_changing_one_sample_leaves_every_other_per_sample_gradient_unchanged():
+    model = tiny_model()
+    branch, n = 0, 4
+    x = images(n)
+    v1, _ = jigsaw(x, 4, torch.Generator().manual_seed(1))
+    v2 = x.flip(-1)
+    grads = PerSampleGradients(model, "hooks")
+    try:
+        with torch.no_grad():
+            z1 = per_sample_normalize(model(v1, (branch,), with_logits=False).embeddings[branch])
+            z2 = per_sample_normalize(model(v2, (branch,), with_logits=False).embeddings[branch])
+        # G from the noisy statistic of the ORIGINAL batch, then held fixed
+        release = release_direction(z1, z2, noise_multiplier=2.0, expected_batch_size=n,
+                                    generator=torch.Generator().manual_seed(2))
+        before = per_sample_surrogate_grads(model, grads, v1, v2, release.direction, branch)
+        v1b, v2b = v1.clone(), v2.clone()
+        v1b[2], v2b[2] = images(1, seed=9)[0], images(1, seed=10)[0]  # sample 2 replaced, both of its views
+        after = per_sample_surrogate_grads(model, grads, v1b, v2b, release.direction, branch)
+        others = [0, 1, 3]
+        assert set(before) == set(after) and len(before) > 10
+        diff = max((before[k][others] - after[k][others]).abs().max().item() for k in before)
+        assert diff <= 1e-6
+        assert max((before[k][2] - after[k][2]).abs().max().item() for k in before) > 1e-3  # sample 2 did change
+
+        # Contrast: Opacus' "per-sample" gradients of the batch-standardised Barlow Twins loss are not per-sample.
+        def bt_rows(a, b):
+            grads.clear()
+            za = grads(a, (branch,), with_logits=False).embeddings[branch]
+            zb = grads(b, (branch,), with_logits=False).embeddings[branch]
+            grads.backward(barlow_twins_loss(za, zb))
+            rows = {k: p.grad_sample.detach().clone() for k, p in model.named_parameters()
+                    if getattr(p, "grad_sample", None) is not None}
+            grads.clear()
+            return rows
+        bt_before, bt_after = bt_rows(v1, v2), bt_rows(v1b, v2b)
+        assert max((bt_before[k][others] - bt_after[k][others]).abs().max().item() for k in bt_before) > 1e-4
+    finally:
+        grads.close()
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch", "ew"])
+def test_surrogate_gradient_without_noise_equals_per_sample_normalised_bt_gradient(mode):
+    model = tiny_model(seed=1)
+    branch, n, b_exp, weight = 0, 4, 5.0, 2.0  # the divisor is the expected batch size, not n
+    x = images(n, seed=3)
+    v1, _ = jigsaw(x, 4, torch.Generator().manual_seed(4))
+    v2 = x.flip(-2)
+    names = [k for k, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+
+    # reference: plain autograd of weight·F(Σ ẑ'ẑ''ᵀ / b) through both views
+    z1 = model(v1, (branch,), with_logits=False).embeddings[branch]
+    z2 = model(v2, (branch,), with_logits=False).embeddings[branch]
+    ref_loss = per_sample_normalized_bt_loss(z1, z2, divisor=b_exp, weight=weight)
+    used = [k for k in names if k.startswith(("backbone.conv1", "backbone.layer1", "blocks.0", "heads.0"))]
+    ref = dict(zip(used, torch.autograd.grad(ref_loss, [params[k] for k in used])))
+    # G at the exact C (σ_s = 0)
+    release = release_direction(per_sample_normalize(z1), per_sample_normalize(z2), noise_multiplier=0.0,
+                                expected_batch_size=b_exp, weight=weight)
+    assert release.objective == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert release.objective_debiased == release.objective
+
+    grads = PerSampleGradients(model, mode)
+    try:
+        rows = per_sample_surrogate_grads(model, grads, v1, v2, release.direction, branch)
+    finally:
+        grads.close()
+    for k in used:
+        surrogate = rows[k].sum(0) / b_exp
+        scale = ref[k].abs().max().item() + 1e-12
+        assert (surrogate - ref[k]).abs().max().item() <= 1e-4 * scale + 1e-7, k
+
+    # each row is sample i's own gradient through BOTH views (Opacus adds the rows of the two calls per sample)
+    i = 1
+    zi1 = per_sample_normalize(model(v1[i:i + 1], (branch,), with_logits=False).embeddings[branch])
+    zi2 = per_sample_normalize(model(v2[i:i + 1], (branch,), with_logits=False).embeddings[branch])
+    own = torch.autograd.grad(surrogate_per_sample(zi1, zi2, release.direction).sum(), [params[k] for k in used])
+    for k, gk in zip(used, own):
+        assert (rows[k][i] - gk).abs().max().item() <= 1e-4 * (gk.abs().max().item() + 1e-12) + 1e-7, k
+
+
+def test_objective_gradient_and_noise_bias_match_closed_forms():
+    torch.manual_seed(0)
+    d, lam = 6, 5e-3
+    c = torch.randn(d, d)
+    g, f = objective_gradient(c, lam, "standard", weight=2.0)
+    eye = torch.eye(d)
+    expected = 2.0 * (2 * (c - eye) * eye + 2 * lam * c * (1 - eye))
+    assert torch.allclose(g, expected, atol=1e-6)
+    # F is quadratic in C: the noise adds a known constant in expectation. Antithetic pairs (C ± E) cancel the
+    # linear term, so 4000 pairs estimate the constant to about 1 %; allow 5 %.
+    s = 0.3
+    gen = torch.Generator().manual_seed(1)
+    base = objective_gradient(c, lam)[1].item()
+    draws = []
+    for _ in range(4000):
+        e = s * torch.randn(d, d, generator=gen)
+        draws.append((objective_gradient(c + e, lam)[1].item() + objective_gradient(c - e, lam)[1].item()) / 2)
+    assert sum(draws) / len(draws) - base == pytest.approx(noise_bias(d, s, lam), rel=0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (c) the noise has the configured scale
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("phase", ["finetune", "ssl"])
+def test_noise_of_a_zero_gradient_step_has_std_sigma_c_over_expected_batch(phase):
+    model = tiny_model(seed=2)
+    sigma, clip, b_exp = 0.7, 1.5, 6.0
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)  # Δθ = −noisy gradient exactly
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    stepper = DPStepper(model, opt, phase=phase, max_grad_norm=clip, noise_multiplier=sigma, expected_batch_size=b_exp,
+                        statistic_noise_multiplier=3.0, generator=torch.Generator().manual_seed(5))
+    x = images(4, seed=6)
+    with stepper:
+        # weight 0: every per-sample loss is 0, so every per-sample gradient is exactly 0; only the noise moves θ
+        if phase == "finetune":
+            stepper.finetune_step(0, x, torch.tensor([0, 1, 2, 0]), weight=0.0)
+        else:
+            stepper.ssl_step(0, x, x.flip(-1), weight=0.0)
+        trained = {n for n, p in model.named_parameters() if any(p is q for q in stepper.branch_parameters(0, x.shape))}
+    delta = torch.cat([(before[k] - v.detach()).flatten() for k, v in model.named_parameters() if k in trained])
+    untouched = [k for k, v in model.named_parameters() if k not in trained]
+    assert untouched and all(torch.equal(before[k], dict(model.named_parameters())[k]) for k in untouched)
+    expected = sigma * clip / b_exp
+    # ~1e6 draws: the sample std is within 0.2 % of the truth with overwhelming probability; allow 1 %
+    assert delta.numel() > 100_000
+    assert delta.std().item() == pytest.approx(expected, rel=0.01)
+    assert abs(delta.mean().item()) < 5 * expected / math.sqrt(delta.numel())
+
+
+def test_statistic_noise_has_std_sigma_s_times_d():
+    d, sigma_s = 16, 1.3
+    gen = torch.Generator().manual_seed(7)
+    noise = torch.stack([release_statistic(torch.zeros(d, d), sigma_s, gen) for _ in range(200)])
+    # 51,200 draws: sample std within 1 % of σ_s·D (≈ 3 standard errors)
+    assert noise.std().item() == pytest.approx(sigma_s * d, rel=0.01)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (b) clipping, (e) accounting, end to end
+# ---------------------------------------------------------------------------------------------------------------
+
+def tiny_data(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(n) % 3,
+                    ("a", "b", "c"))
+
+
+@pytest.mark.parametrize("phase,reuse", [("finetune", "fresh"), ("ssl", "shared")])
+def test_one_dp_batch_end_to_end_clips_every_sample_and_reports_the_mechanism(phase, reuse):
+    cfg = tiny_cfg()
+    model = tiny_model(cfg, seed=3)
+    data = tiny_data()
+    dp = DPSettings(noise_multiplier=1.1, max_grad_norm=0.05, statistic_noise_multiplier=2.5, batch_reuse=reuse)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    records = []
+    result = dp_train_local(model, data, phase, cfg, dp, max_batches=1, generator=torch.Generator().manual_seed(8),
+                            observer=records.append)
+    after = model.state_dict()
+
+    # finite, changed weights; the model is left without Opacus' hooks and attributes
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("backbone."))
+    assert not any(hasattr(p, "grad_sample") or hasattr(p, "_forward_counter") for p in model.parameters())
+    if phase == "ssl":
+        assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("classifiers."))
+
+    # (b) every clipped per-sample gradient (jointly over the step's parameters) has norm ≤ C; clipping was active
+    assert [r.branch for r in records] == [0, 1, 2, CONCAT]
+    clipped_any = False
+    for r in records:
+        if r.batch_size == 0:
+            continue
+        norms = torch.stack([c.reshape(r.batch_size, -1).norm(dim=1) for c in r.clipped], 1).norm(dim=1)
+        assert norms.max().item() <= dp.max_grad_norm * (1 + 1e-5)
+        clipped_any |= bool((r.per_sample_norms > dp.max_grad_norm).any())
+        assert r.noise_std == pytest.approx(dp.noise_multiplier * dp.max_grad_norm)
+        assert r.expected_batch_size == pytest.approx(cfg.train.batch_size)
+    assert clipped_any
+
+    # (e) what was run, for the accountant
+    q = cfg.train.batch_size / len(data)
+    mech = result.mechanism
+    assert isinstance(mech, Mechanism) and mech.sample_rate == pytest.approx(q)
+    step_sigma = dp.noise_multiplier if phase == "finetune" else (2.5 ** -2 + 1.1 ** -2) ** -0.5
+    if reuse == "fresh":
+        # four optimizer steps, four independent Poisson draws
+        draws = [tuple(r.indices.tolist()) for r in records]
+        assert len(draws) == 4 and len(set(draws)) == 4
+        assert (mech.noise_multiplier, mech.steps) == (pytest.approx(step_sigma), 4)
+    else:
+        assert all(torch.equal(r.indices, records[0].indices) for r in records)
+        # one batch, four steps: ONE mechanism with σ/√4, never four independent steps with σ
+        assert (mech.noise_multiplier, mech.steps) == (pytest.approx(step_sigma / 2), 1)
+    assert mech == plan_mechanism(len(data), phase, cfg, dp, max_batches=1)
+    metrics = result.metrics()
+    assert metrics["dp_accounted_steps"] == mech.steps
+    assert ("loss" in metrics) == (phase == "ssl")  # fine-tune losses are computed on raw batches: not sent
+
+
+@pytest.mark.parametrize("phase", ["finetune", "ssl"])
+def test_four_steps_on_one_batch_are_never_four_independent_steps(phase):
+    for sigma in (0.5, 1.0, 3.0):
+        dp = DPSettings(noise_multiplier=sigma, statistic_noise_multiplier=2 * sigma, batch_reuse="shared")
+        per_step = dp.step_noise_multiplier(phase)
+        m = dp.mechanism(phase, 0.01, 250)
+        assert (m.noise_multiplier, m.steps) == (pytest.approx(per_step / 2), 250)
+        assert (m.noise_multiplier, m.steps) != (per_step, 1000)
+        fresh = DPSettings(noise_multiplier=sigma, statistic_noise_multiplier=2 * sigma).mechanism(phase, 0.01, 250)
+        assert (fresh.noise_multiplier, fresh.steps) == (pytest.approx(per_step), 1000)
+    assert DPSettings(noise_multiplier=1.0, statistic_noise_multiplier=1.0).step_noise_multiplier("ssl") == \
+        pytest.approx(1 / math.sqrt(2))
+
+
+def test_batchnorm_model_is_refused_with_a_clear_message():
+    cfg = tiny_cfg(model={"norm": "batch"})
+    model = build_model(cfg.model, 3)
+    with pytest.raises(ValueError, match=r"BatchNorm.*model.norm: group"):
+        check_dp_model(model)
+    with pytest.raises(ConfigError, match="model.norm"):
+        dp_train_local(model, tiny_data(), "finetune", cfg, DPSettings(), max_batches=1)
+    # a BatchNorm model under a GroupNorm config is caught too
+    with pytest.raises(ValueError, match="BatchNorm"):
+        dp_train_local(model, tiny_data(), "finetune", tiny_cfg(), DPSettings(), max_batches=1)
+
+
+@pytest.mark.parametrize("field,value", [("noise_multiplier", 0.0), ("max_grad_norm", -1.0),
+                                         ("grad_sample_mode", "ghost"), ("batch_reuse", "twice"),
+                                         ("sample_rate", 1.5), ("expected_batch_size", 0)])
+def test_bad_settings_name_the_privacy_key(field, value):
+    with pytest.raises(ConfigError) as err:
+        DPSettings(**{field: value}).validate()
+    assert err.value.key == f"privacy.{field}"

@@ -1,0 +1,39 @@
+"""Sample-level DP in the federation: per-site ε from the ledger, and a site over budget sits rounds out."""
+
+import json
+
+import pytest
+
+from fgssl.privacy.accounting import Mechanism, epsilon
+from fgssl.privacy.ledger import PrivacyLedger
+
+from .conftest import run_cli
+
+
+@pytest.mark.slow
+def test_dp_run_reports_ledger_epsilon_and_an_exhausted_site_refuses(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    # Site 1 already spent its lifetime budget in an earlier study: its ledger lives in its state directory.
+    with PrivacyLedger(out / "sites" / "site_1") as ledger:
+        ledger.commit(ledger.reserve(Mechanism(sample_rate=1.0, noise_multiplier=0.5, steps=50, label="earlier"),
+                                     run_id="earlier", round=1, phase="finetune", delta=1e-5))
+    cfg = tiny_config(privacy={"mode": "sample", "noise_multiplier": 1.5, "max_epsilon": 50.0},
+                      federation={"sites": 2, "ssl_rounds": 1, "finetune_rounds": 1, "min_nodes": 1})
+    proc = run_cli("simulate", "--config", str(cfg), "--out", str(out))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    site0 = [r for r in records if r["site"] == "0"]
+    site1 = [r for r in records if r["site"] == "1"]
+    assert [r["status"] for r in site0] == ["accepted", "accepted"]
+    assert [r["status"] for r in site1] == ["refused", "refused"]
+    assert "max_epsilon 50" in site1[0]["reason"]
+    assert 0 < site0[0]["epsilon"] < site0[1]["epsilon"] <= 50
+
+    # The reported ε is the ledger's, recomputed independently from its recorded history.
+    with PrivacyLedger(out / "sites" / "site_0") as ledger:
+        history = ledger.history()
+        assert [e.round for e in history] == [1, 2] and all(e.status == "committed" for e in history)
+        assert site0[1]["epsilon"] == pytest.approx(epsilon([e.mechanism for e in history], site0[1]["delta"]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["privacy"]["guarantee"] == "sample-level"
+    assert summary["final"]["0"]["epsilon"] == pytest.approx(site0[1]["epsilon"])
+    assert "Sample-level (ε, δ)-DP" in proc.stdout and "epsilon" in proc.stdout
