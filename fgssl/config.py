@@ -47,7 +47,7 @@ class DataConfig:
     num_samples: int = 2400
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    # Synthetic data only: strength of the per-site acquisition shift (0 = none).
+    # Strength of the per-site acquisition shift in simulations (0 = none); real datasets get simulations/shift.py.
     site_shift: float = 0.0
     # Real datasets: the folder as downloaded (see fgssl/data/official.py for each layout).
     root: str | None = None

@@ -20,6 +20,8 @@ its label reader to get every partitioner, ``fgssl partition`` and the simulatio
 from __future__ import annotations
 
 import csv
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,8 +298,59 @@ def _synthetic_labels(cfg: Config) -> PoolLabels:
     return PoolLabels(labels, list(synthetic.class_names(cfg.data.num_classes)))
 
 
+def _cache_workers(cfg: Config) -> int:
+    """Decoding threads for a first cache build: the CPUs the simulation may use."""
+    return max(1, cfg.simulation.total_cpus or os.cpu_count() or 1)
+
+
+def _cached_labels(cfg: Config) -> PoolLabels:
+    """Labels (and, for 'natural', acquisition sites) of a real data set, read from its prepared cache.
+
+    The cache is built when missing or stale and reused when valid (`fgssl.data.cache.prepare`); only its small label
+    arrays are read here, never the images. Sample i of the pool is row i of the cache.
+    """
+    from fgssl.data.sources import prepared_cache
+
+    _, data = prepared_cache(cfg.data, workers=_cache_workers(cfg), progress=sys.stderr.isatty())
+    groups = cached_sites(cfg, data.ids, data.sites) if cfg.partition.method == "natural" else None
+    return PoolLabels(np.asarray(data.labels, dtype=np.int64), list(data.class_names), groups)
+
+
+def cached_sites(cfg: Config, ids: np.ndarray, sites: np.ndarray) -> np.ndarray | None:
+    """The acquisition site of every cached image, or None when the data set does not say.
+
+    ISIC 2018: the `dataset` column of HAM10000_metadata.csv (kept in the cache) when every image has one, else the
+    HAM10000_metadata_with_sites.csv table in data.root, matched by image id.
+    """
+    sites = np.asarray(sites).astype(str)
+    if len(sites) and (sites != "").all():
+        return sites
+    if cfg.data.dataset != "isic2018":
+        return None
+    from fgssl.data.errors import DataError
+
+    table = Path(cfg.data.root or ".") / HAM10000_SITES_FILE
+    if not table.is_file():
+        known = int((sites != "").sum())
+        partly = (f"; HAM10000_metadata.csv names a `dataset` for only {known} of {len(sites)} images"
+                  if known else "")
+        raise ConfigError("partition.method",
+                          f"'natural' needs each image's acquisition site: a `dataset` column in "
+                          f"HAM10000_metadata.csv or {HAM10000_SITES_FILE} in data.root ({cfg.data.root}){partly}")
+    try:
+        return groups_for([str(i) for i in ids], read_ham10000_sites(table), str(table))
+    except (OSError, ValueError) as e:  # the table's own errors name the file and row
+        raise DataError(str(e), "data.root") from None
+
+
 # data.dataset -> label reader. A real data set registers its own (e.g. ISIC 2018 with HAM10000 groups).
-LABEL_SOURCES: dict[str, Callable[[Config], PoolLabels]] = {"synthetic": _synthetic_labels}
+LABEL_SOURCES: dict[str, Callable[[Config], PoolLabels]] = {
+    "synthetic": _synthetic_labels,
+    "isic2018": _cached_labels,
+    "isic2017": _cached_labels,
+    "aptos2019": _cached_labels,
+    "folder": _cached_labels,
+}
 
 
 def pool_labels(cfg: Config) -> PoolLabels:

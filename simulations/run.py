@@ -29,6 +29,8 @@ def backend_config(cfg: Config) -> dict[str, Any]:
     if sim.ray_address:
         init["address"] = sim.ray_address
     else:
+        # "local" always starts a fresh cluster, even if a killed run left /tmp/ray/ray_current_cluster behind.
+        init["address"] = "local"
         init["num_cpus"] = sim.total_cpus or os.cpu_count() or 1
         init["include_dashboard"] = False
     return {"client_resources": {"num_cpus": sim.client_cpus, "num_gpus": 0.0}, "init_args": init}

@@ -1,8 +1,19 @@
-"""Simulated hospitals: a partition of the data pool, each site with its own splits, shift and state directory."""
+"""Simulated hospitals: a partition of the data pool, each site with its own splits, shift and state directory.
+
+Synthetic data is generated on demand per site. A real data set (isic2018, isic2017, aptos2019, folder) is read from
+its prepared cache (`fgssl.data.cache`): pool sample i is cache row i, and a site reads only its own rows of the
+memory-mapped image array. With ``data.site_shift`` > 0 each site's images pass through its simulated camera
+(`simulations.shift.apply_site_shift`, deterministic per (seed, site)). Each site's train/val/test splits follow
+`fgssl.data.sources.cached_splits`: stratified by class, whole lesions/patients to one split when the cache knows
+them (HAM10000 lesion ids), ISIC 2017's official partitions where `fgssl train` would use them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,23 +21,72 @@ import numpy as np
 
 from fgssl.config import Config
 from fgssl.data import synthetic
+from fgssl.data.errors import DataError, DataWarning
 from fgssl.data.images import ImageSet
-from fgssl.data.sources import Splits, split, synthetic_pool
+from fgssl.data.sources import Splits, cached_splits, split, synthetic_pool
 
 from .partition import compute_partition
+from .shift import apply_site_shift
 
 
 @dataclass
 class SimulatedSites:
-    """Picklable (small) description of every site; images are generated on demand inside the site's process."""
+    """Picklable (small) description of every site; images are generated or read on demand inside the site's process.
+
+    It is sent to every simulated client, so it holds paths and index arrays only, never images.
+    """
 
     cfg: Config
     parts: list[np.ndarray]
     state_root: Path
+    # Real data sets: the cache folder the partition indexes, its class names and a fingerprint of its manifest
+    # (a cache rebuilt since the partition was made could hold other rows under the same indices).
+    cache: Path | None = None
+    names: tuple[str, ...] = ()
+    fingerprint: str = ""
 
     def splits(self, site: int) -> Splits:
-        data = synthetic_pool(self.cfg.data, self.cfg.seed, self.parts[site], site=site)
-        return split(data, self.cfg.data, self.cfg.seed + site)
+        if self.cache is None:
+            data = synthetic_pool(self.cfg.data, self.cfg.seed, self.parts[site], site=site)
+            return split(data, self.cfg.data, self.cfg.seed + site)
+        return self._cached_splits(site)
+
+    def _open(self, site: int):
+        """The cache, `site`'s rows in it (sorted) and its train/val/test as positions among those rows."""
+        from fgssl.data.cache import load_cache
+
+        if _fingerprint(self.cache) != self.fingerprint:
+            raise DataError(f"the cache {self.cache} changed after the sites were partitioned (rebuilt or removed); "
+                            "start the simulation again", "data.cache_dir")
+        data = load_cache(self.cache)
+        rows = self.site_rows(site)
+        # The site's own view of the cache (label arrays only; cached_splits never touches images).
+        view = dataclasses.replace(data, images=data.images[:0], **{a: getattr(data, a)[rows] for a in _ROW_ARRAYS})
+        parts, notes = cached_splits(self.cfg.data, self.cfg.seed + site, view)
+        return data, rows, parts, [n for n, _ in notes]
+
+    def split_rows(self, site: int) -> list[np.ndarray]:
+        """Real data sets: the cache rows of `site`'s train, val and test splits."""
+        if self.cache is None:
+            raise ValueError("split_rows is for real data sets; synthetic sites generate their images")
+        _, rows, parts, _ = self._open(site)
+        return [rows[p] for p in parts]
+
+    def _cached_splits(self, site: int) -> Splits:
+        import torch
+
+        data, rows, parts, notes = self._open(site)
+        images = np.ascontiguousarray(data.images[rows])  # reads only this site's rows of the memory map
+        if self.cfg.data.site_shift > 0:
+            images = apply_site_shift(images, site, self.cfg.data.site_shift, self.cfg.seed)
+        pool = ImageSet(torch.from_numpy(images), torch.from_numpy(np.asarray(data.labels[rows], dtype=np.int64)),
+                        tuple(self.names))
+        train, val, test = (pool.subset(p) for p in parts)
+        return Splits(train, val, test, notes=notes)
+
+    def site_rows(self, site: int) -> np.ndarray:
+        """The pool indices (for a real data set: cache rows) of `site`, sorted: the order its images are read in."""
+        return np.sort(np.asarray(self.parts[site], dtype=np.int64))
 
     def state_dir(self, site: int) -> Path:
         d = self.state_root / f"site_{site}"
@@ -39,7 +99,20 @@ class SimulatedSites:
         return ImageSet(_cat([t.images for t in tests]), _cat([t.labels for t in tests]), tests[0].class_names)
 
     def class_names(self) -> list[str]:
+        if self.cache is not None:
+            return list(self.names)
         return list(synthetic.class_names(self.cfg.data.num_classes))
+
+
+# The per-image arrays of a cache besides the images (see fgssl/data/cache.py).
+_ROW_ARRAYS = ("labels", "ids", "groups", "partitions", "sites")
+
+
+def _fingerprint(cache: Path) -> str:
+    try:
+        return hashlib.sha256((cache / "manifest.json").read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
 
 
 def _cat(tensors):
@@ -48,8 +121,26 @@ def _cat(tensors):
 
 
 def build_sites(cfg: Config, run_dir: Path, save: bool = True) -> SimulatedSites:
-    """Partition the data pool across `federation.sites` (a pure function of the config) and save it with the run."""
-    _, parts, record = compute_partition(cfg)
+    """Partition the data pool across `federation.sites` (a pure function of the config and, for a real data set, its
+    files) and save it with the run."""
+    pool, parts, record = compute_partition(cfg)
     if save:
         (run_dir / "partition.json").write_text(json.dumps(record))
-    return SimulatedSites(cfg, parts, run_dir / "sites")
+    if cfg.data.dataset == "synthetic":
+        return SimulatedSites(cfg, parts, run_dir / "sites")
+    from fgssl.data.cache import cache_path, read_manifest
+
+    # prepared (built or reused) by the label source just now; absolute, as clients may run in another folder
+    cache = cache_path(cfg.data).resolve()
+    manifest = read_manifest(cache)
+    if manifest is None or int(manifest.get("num_images", -1)) != len(pool.labels):
+        raise DataError(f"the cache {cache} changed while the sites were partitioned; start again", "data.cache_dir")
+    if save:
+        caveats = list(manifest.get("notes", []))
+        if manifest.get("skipped"):
+            caveats.append(f"{len(manifest['skipped'])} bad image(s) skipped (data.skip_bad_images), listed in "
+                           f"{cache / 'skipped.csv'}")
+        for note in caveats:
+            warnings.warn(note, DataWarning, stacklevel=2)
+    return SimulatedSites(cfg, parts, run_dir / "sites", cache=cache, names=tuple(manifest["class_names"]),
+                          fingerprint=_fingerprint(cache))

@@ -109,6 +109,17 @@ def cached_splits(cfg: DataConfig, seed: int, data) -> tuple[list[np.ndarray], l
     return parts, notes
 
 
+def prepared_cache(cfg: DataConfig, *, workers: int = 1, progress: bool = True):
+    """Build (or reuse, when still valid) the cache of the real dataset `cfg` names and open it.
+
+    Returns (`PrepareResult`, `CachedData`); the images stay on disk (memory map) until rows are indexed.
+    """
+    from .cache import load_cache, prepare
+
+    prepared = prepare(cfg, workers=workers, progress=progress)
+    return prepared, load_cache(prepared.path)
+
+
 def load_splits(cfg: DataConfig, seed: int, *, progress: bool = True, workers: int = 1) -> Splits:
     """Train/val/test image sets for the configured dataset; real datasets are built into / read from the cache."""
     if cfg.dataset == "synthetic":
