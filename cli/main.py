@@ -12,6 +12,8 @@ from strategies.fgssl_strategy import RoundFailed
 from . import simulate_cmd, train_cmd
 from . import partition_cmd
 from . import prepare_cmd
+from . import certs_cmd
+from . import report_cmd
 
 # Each entry: (name, help, add_arguments, run)
 COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
@@ -22,6 +24,10 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callab
      partition_cmd.add_arguments, partition_cmd.run),
     ("prepare", "decode and resize a real dataset (ISIC 2018/2017, APTOS 2019, folder) once into the training cache",
      prepare_cmd.add_arguments, prepare_cmd.run),
+    ("certs", "federation CA, SuperLink TLS certificate and one SuperNode auth key pair per hospital",
+     certs_cmd.add_arguments, certs_cmd.run),
+    ("report", "write report.md, a self-contained report.html and plots/ for a simulate run (finished or not)",
+     report_cmd.add_arguments, report_cmd.run),
 ]
 
 

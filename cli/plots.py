@@ -188,3 +188,152 @@ def save_partition_chart(path: str | Path, record: dict) -> Path:
     fig.savefig(path, dpi=PARTITION_DPI)
     plt.close(fig)
     return path
+
+
+# ---- run report figures (`fgssl report`). Fixed size, no tight bbox: every PNG is exactly REPORT_PX pixels. ----
+
+REPORT_FIGSIZE = (9.0, 4.8)  # inches; at REPORT_DPI gives a 900 x 480 px PNG
+REPORT_DPI = 100
+CONFUSION_FIGSIZE = (7.5, 6.5)  # 750 x 650 px
+Series = dict[str, list[tuple[int, float]]]  # site id or "pooled" -> [(round, value)] in round order
+
+
+def _site_style(site: str, k: int) -> dict:
+    if site == "pooled":
+        return {"color": "black", "linewidth": 2.8, "marker": "o", "markersize": 5, "zorder": 5,
+                "label": "pooled (all sites' test images)"}
+    cmap = plt.get_cmap("tab10")
+    # Hollow markers of different shapes and sizes, so sites with identical values (equal ε, say) stay visible.
+    markers = "osD^vP*X<>"
+    return {"color": cmap(k % 10), "linewidth": 1.4, "marker": markers[k % len(markers)],
+            "markersize": max(4.0, 9.0 - 1.2 * (k % 5)), "markerfacecolor": "none", "markeredgewidth": 1.3,
+            "alpha": 0.9, "label": f"site {site}"}
+
+
+def _round_axis(ax, rounds: Sequence[int]) -> None:
+    rounds = sorted(set(int(r) for r in rounds))
+    if rounds:
+        step = max(1, -(-len(rounds) // 15))
+        ax.set_xticks(rounds[::step])
+        ax.set_xlim(rounds[0] - 0.5, rounds[-1] + 0.5)
+    ax.set_xlabel("federated round")
+    ax.grid(alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def _plot_series(ax, series: Series) -> list[int]:
+    rounds: list[int] = []
+    k = 0
+    for site, points in series.items():
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        rounds += xs
+        ax.plot(xs, ys, **_site_style(site, k))
+        if site != "pooled":
+            k += 1
+    return rounds
+
+
+def _legend(ax, n: int) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
+              ncol=1 if n <= 16 else 2)
+
+
+def _save(fig, path: str | Path, dpi: int = REPORT_DPI) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def save_balanced_accuracy_curve(path: str | Path, series: Series, chance: float | None, title: str = "") -> Path:
+    """Test balanced accuracy per site and pooled (bold black) per round, with the chance level dashed."""
+    fig, ax = plt.subplots(figsize=REPORT_FIGSIZE, dpi=REPORT_DPI)
+    rounds = _plot_series(ax, series)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1.2,
+                   label=f"chance level ({chance:.2f} = 1 / classes)")
+    _round_axis(ax, rounds)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test balanced accuracy (0-1, mean per-class recall)")
+    ax.set_title(title or "Test balanced accuracy per round", fontsize=11)
+    _legend(ax, len(series) + 1)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+PHASE_LABELS = {
+    "ssl": ("SSL phase: Barlow Twins loss", "loss, sum of the 4 branches (unitless)"),
+    "finetune": ("Fine-tune phase: cross-entropy", "loss, sum of the 4 branches (nats)"),
+}
+
+
+def save_loss_curves(path: str | Path, by_phase: dict[str, Series], title: str = "") -> Path:
+    """Local training loss per site per round, one panel per phase (their scales differ by orders of magnitude)."""
+    phases = [p for p in by_phase if any(by_phase[p].values())] or ["finetune"]
+    fig, axes = plt.subplots(1, len(phases), figsize=REPORT_FIGSIZE, dpi=REPORT_DPI, squeeze=False)
+    for ax, phase in zip(axes[0], phases):
+        rounds = _plot_series(ax, by_phase.get(phase, {}))
+        _round_axis(ax, rounds)
+        panel_title, ylabel = PHASE_LABELS.get(phase, (phase, "loss"))
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        if not rounds:
+            ax.text(0.5, 0.5, "no training records", ha="center", va="center", transform=ax.transAxes)
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    if handles:
+        axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(title or "Local training loss per site (mean over the round's local batches)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_epsilon_curve(path: str | Path, series: Series, budget: float | None, delta: float | None = None,
+                       budget_label: str = "budget", title: str = "") -> Path:
+    """Privacy loss ε spent so far per site per round, against the sites' budget (dashed red)."""
+    fig, ax = plt.subplots(figsize=REPORT_FIGSIZE, dpi=REPORT_DPI)
+    rounds = _plot_series(ax, series)
+    top = max((v for pts in series.values() for _, v in pts), default=1.0)
+    if budget is not None:
+        ax.axhline(budget, color="tab:red", linestyle="--", linewidth=1.5, label=f"{budget_label} ε = {budget:g}")
+        top = max(top, budget)
+    _round_axis(ax, rounds)
+    ax.set_ylim(0, top * 1.08 if top > 0 else 1)
+    d = f", δ = {delta:.0e}" if delta else ""
+    ax.set_ylabel(f"ε spent so far (site's whole ledger){d}")
+    ax.set_title(title or "Privacy loss ε per site (cumulative, from each site's ledger)", fontsize=11)
+    _legend(ax, len(series) + 1)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_confusion_matrix(path: str | Path, matrix: Sequence[Sequence[int]], class_names: Sequence[str],
+                          title: str = "") -> Path:
+    """Row-normalised confusion matrix (colour and % = share of the true class), with the counts in each cell."""
+    cm = np.asarray(matrix, dtype=np.float64)
+    n = cm.shape[0]
+    names = list(class_names)[:n] + [str(k) for k in range(len(class_names), n)]
+    support = cm.sum(axis=1)
+    norm = np.divide(cm, support[:, None], out=np.zeros_like(cm), where=support[:, None] > 0)
+    fig, ax = plt.subplots(figsize=CONFUSION_FIGSIZE, dpi=REPORT_DPI)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label("share of the true class's images (row-normalised)")
+    fontsize = 9 if n <= 8 else 7 if n <= 12 else 5
+    for i in range(n):
+        for j in range(n):
+            if support[i] == 0:
+                text, color = "–", "grey"
+            else:
+                text = f"{norm[i, j]:.0%}\n({int(cm[i, j])})"
+                color = "white" if norm[i, j] > 0.55 else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
+    ax.set_xticks(range(n), names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), [f"{name} (n={int(s)})" for name, s in zip(names, support)])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (number of test images)")
+    ax.set_title(title or "Confusion matrix", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)

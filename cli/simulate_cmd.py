@@ -51,4 +51,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"privacy: {summary['privacy']['text']}")
     print(f"fgssl simulate: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
           f"(summary.json, metrics.jsonl, metrics.csv, partition.json, model.safetensors, checkpoint/)")
+    from .report import report_at_end
+    report_at_end(run_dir.path)
     return 0

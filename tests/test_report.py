@@ -1,0 +1,123 @@
+"""`fgssl report RUN_DIR`: report.md, self-contained report.html and plots/ for finished and interrupted runs."""
+
+import json
+import shutil
+import struct
+
+import pytest
+import yaml
+
+from cli.plots import CONFUSION_FIGSIZE, PARTITION_FIGSIZE, REPORT_DPI, REPORT_FIGSIZE
+
+from .conftest import TINY, merge, run_cli
+
+CURVE_PX = (round(REPORT_FIGSIZE[0] * REPORT_DPI), round(REPORT_FIGSIZE[1] * REPORT_DPI))
+EXPECTED = {  # plot file -> (width, height) in pixels
+    "balanced_accuracy.png": CURVE_PX,
+    "training_loss.png": CURVE_PX,
+    "partition.png": (round(PARTITION_FIGSIZE[0] * 100), round(PARTITION_FIGSIZE[1] * 100)),
+    "confusion_pooled.png": (round(CONFUSION_FIGSIZE[0] * REPORT_DPI), round(CONFUSION_FIGSIZE[1] * REPORT_DPI)),
+}
+
+
+def png_size(path):
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def check_plots(run, expected):
+    for name, size in expected.items():
+        p = run / "plots" / name
+        assert p.is_file() and p.stat().st_size > 5000, name
+        assert png_size(p) == size, name
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(merge(TINY, {"federation": {"sites": 2, "ssl_rounds": 1, "finetune_rounds": 2}})))
+    run_cli("simulate", "--config", str(cfg), "--out", str(root / "run"), "--quiet")
+    return root / "run"
+
+
+def test_report_on_a_finished_run(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    proc = run_cli("report", str(run))
+    assert f"wrote {run / 'report.md'}" in proc.stdout and "finished" in proc.stdout
+    md = (run / "report.md").read_text()
+    page = (run / "report.html").read_text()
+    for text in (md, page):
+        assert "Finished: all 3 rounds completed" in text and "did not finish" not in text
+        assert "No differential privacy: updates are plain model weights." in text
+        assert "balanced accuracy" in text and "site 0" in text and "site 1" in text and "pooled" in text
+        assert "iid" in text and "fedavg" in text
+    # the per-site table holds summary.json's final numbers
+    final = json.loads((run / "summary.json").read_text())["final"]
+    row = next(line for line in md.splitlines() if line.startswith("| site 0 |") and "0." in line)
+    assert f"{final['0']['balanced_accuracy']:.3f}" in row
+    assert "| total | 240 |" in md  # partition table
+    # self-contained: every plot inlined, no reference to a file
+    assert page.count('src="data:image/png;base64,') == len(EXPECTED) and 'src="plots/' not in page
+    check_plots(run, EXPECTED)
+    assert not (run / "plots" / "epsilon.png").exists()  # no DP, no ε plot
+
+
+def test_report_on_an_interrupted_run(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "summary.json").unlink()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["round"] <= 2]
+    assert len(kept) < len(lines)
+    (run / "metrics.jsonl").write_text("\n".join(kept) + '\n{"round": 3, "pha')  # and a line cut short
+    proc = run_cli("report", str(run), "--quiet")
+    assert "wrote" in proc.stdout
+    md = (run / "report.md").read_text()
+    page = (run / "report.html").read_text()
+    for text in (md, page):
+        assert "This run did not finish: it stopped at round 2 of 3" in text
+        assert "from round 2, the last evaluated round" in text
+        assert "No differential privacy" in text
+    round2 = {r["site"]: r for r in map(json.loads, kept) if r["round"] == 2}
+    row = next(line for line in md.splitlines() if line.startswith("| pooled |"))
+    assert f"{round2['pooled']['balanced_accuracy']:.3f}" in row
+    check_plots(run, EXPECTED)
+
+
+def test_report_draws_epsilon_against_the_budget(finished_run, tmp_path):
+    # A DP run's records, made from the finished run (a real DP simulation is tested in test_federation_dp.py).
+    from cli.report import write_report
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "summary.json").unlink()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["privacy"].update(mode="sample", noise_multiplier=1.5, max_epsilon=8.0)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        if r["site"] != "pooled":
+            r.update(epsilon=1.5 * r["round"] + int(r["site"]), delta=1e-5)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    paths = write_report(run)
+    check_plots(run, {**EXPECTED, "epsilon.png": CURVE_PX})
+    md = paths.markdown.read_text()
+    assert "Sample-level (ε, δ)-DP at every site" in md and "at most 5.50" in md
+    assert "| site 1 | 5.500 | 1.0e-05 | 3 | 8 | 0 |" in md
+
+
+def test_report_on_a_directory_that_is_not_a_run(tmp_path):
+    proc = run_cli("report", str(tmp_path), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and str(tmp_path) in proc.stderr
+
+
+
+def test_report_on_a_run_without_metrics(tmp_path, capsys):
+    from cli.main import main
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no metrics" in err and str(tmp_path) in err
