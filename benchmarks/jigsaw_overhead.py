@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 
 import torch
@@ -34,11 +35,14 @@ def pmg_jigsaw(images: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def timed(fn, repeats: int) -> float:
+    """Median seconds per call: robust to the bursts of other work on a shared machine."""
     fn()  # warm-up
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:

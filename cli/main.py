@@ -14,6 +14,7 @@ from . import partition_cmd
 from . import prepare_cmd
 from . import certs_cmd
 from . import report_cmd
+from . import compare_cmd
 
 # Each entry: (name, help, add_arguments, run)
 COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
@@ -28,6 +29,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callab
      certs_cmd.add_arguments, certs_cmd.run),
     ("report", "write report.md, a self-contained report.html and plots/ for a simulate run (finished or not)",
      report_cmd.add_arguments, report_cmd.run),
+    ("compare", "one table (compare.csv, compare.md) and one per-round plot comparing simulate and train runs",
+     compare_cmd.add_arguments, compare_cmd.run),
 ]
 
 

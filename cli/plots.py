@@ -337,3 +337,28 @@ def save_confusion_matrix(path: str | Path, matrix: Sequence[Sequence[int]], cla
     ax.set_title(title or "Confusion matrix", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def save_compare_curves(path: str | Path, series: dict[str, list[tuple[int, float]]],
+                        references: dict[str, float], metric_label: str, title: str = "") -> Path:
+    """One line per simulate run (its pooled metric per round) and a dashed horizontal line per train run."""
+    fig, ax = plt.subplots(figsize=REPORT_FIGSIZE, dpi=REPORT_DPI)
+    cmap = plt.get_cmap("tab10")
+    rounds: list[int] = []
+    k = 0
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points)
+            rounds += xs
+            ax.plot(xs, ys, color=cmap(k % 10), marker="os^Dv"[k % 5], linewidth=1.8, markersize=5, label=name)
+        k += 1
+    for name, value in references.items():
+        ax.axhline(value, color=cmap(k % 10), linestyle="--", linewidth=1.5, label=f"{name} (train, test)")
+        k += 1
+    _round_axis(ax, rounds)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"pooled test {metric_label}")
+    ax.set_title(title or f"Pooled test {metric_label} per round", fontsize=11)
+    _legend(ax, len(series) + len(references))
+    fig.tight_layout()
+    return _save(fig, path)

@@ -80,3 +80,17 @@ def test_bad_granularity(bad, match):
 def test_wrong_permutation_shape():
     with pytest.raises(ValueError, match="permutation"):
         apply_permutation(_batch(b=2), torch.zeros(2, 3, dtype=torch.long), 2)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_row_select_and_pixel_gather_paths_agree(n):
+    from fgssl.jigsaw import _gather_pixels, _select_tile_rows
+    x = _batch(b=5, h=32, w=48)
+    perm = random_permutations(5, n, torch.Generator().manual_seed(n))
+    assert torch.equal(_select_tile_rows(x, perm, n), _gather_pixels(x, perm, n))
+
+
+def test_non_contiguous_input():
+    x = _batch(b=3, h=32, w=32).transpose(2, 3)  # a view with swapped strides
+    y, perm = jigsaw(x, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(unjigsaw(y, perm, 4), x)
