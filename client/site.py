@@ -18,7 +18,7 @@ from fgssl.config import Config
 from fgssl.data.sources import Splits
 from fgssl.model import FGSSLNet, build_model
 from fgssl.privacy.node import private_round
-from fgssl.rundir import load_weights
+from fgssl.rundir import RunDir, load_weights
 from fgssl.train import evaluate, train_local
 from strategies.groups import keys_matching
 
@@ -65,7 +65,6 @@ def load_local_groups(state_dir: Path, before_round: int) -> dict[str, torch.Ten
 def save_local_groups(state_dir: Path, rnd: int, model: FGSSLNet, patterns: tuple[str, ...], keep: int = 2) -> None:
     if not patterns:
         return
-    from fgssl.rundir import RunDir
     state = model.state_dict()
     keys = keys_matching(list(state), patterns)
     RunDir(state_dir).save_weights({k: state[k] for k in keys}, f"local_r{rnd}.safetensors")

@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from fgssl.config import Config
 from fgssl.data.images import ImageSet
 from fgssl.metrics import classification_metrics
-from fgssl.model import build_model
+from fgssl.model import FGSSLNet, build_model
 from fgssl.rundir import RunDir
 from fgssl.train import evaluate
 from strategies.aggregate import SiteUpdate
@@ -30,14 +30,13 @@ Say = Callable[[str], None]
 SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_weighted_kappa", "loss")
 
 
-def initial_global(cfg: Config, num_classes: int) -> dict[str, np.ndarray]:
+def initial_model(cfg: Config, num_classes: int) -> FGSSLNet:
     torch.manual_seed(cfg.seed)  # clients rebuild the same initial values for keys they are not sent
-    return {k: v.numpy().copy() for k, v in build_model(cfg.model, num_classes).state_dict().items()}
+    return build_model(cfg.model, num_classes)
 
 
-def statistic_keys(cfg: Config, num_classes: int) -> list[str]:
-    """Names of buffers (running statistics): they are averaged but not norm-bounded like weights."""
-    return [name for name, _ in build_model(cfg.model, num_classes).named_buffers()]
+def initial_global(cfg: Config, num_classes: int) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in initial_model(cfg, num_classes).state_dict().items()}
 
 
 def wait_for_sites(grid: Grid, count: int, timeout: float) -> dict[int, int]:
@@ -80,17 +79,21 @@ class FederatedRun:
                  pooled_test: ImageSet | None, say: Say) -> None:
         self.cfg, self.run_dir, self.grid, self.sites = cfg, run_dir, grid, sites
         self.class_names, self.pooled_test, self.say = class_names, pooled_test, say
-        self.global_ = initial_global(cfg, len(class_names))
-        self.strategy = FGSSLStrategy(cfg.federation, list(self.global_), statistic_keys(cfg, len(class_names)))
+        # One model serves as the initial global weights and, later, for the pooled evaluation.
+        self.model = initial_model(cfg, len(class_names))
+        self.global_ = {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
+        # Buffers (running statistics) are averaged but not norm-bounded like weights.
+        statistics = [name for name, _ in self.model.named_buffers()]
+        self.strategy = FGSSLStrategy(cfg.federation, list(self.global_), statistics)
         self.timeout = cfg.federation.round_timeout_s
         self.last_eval: dict[str, Any] = {}
         self.epsilon: dict[str, dict[str, float]] = {}
 
     def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray], config: dict[str, Any]):
         mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
-        content = lambda: RecordDict({"arrays": to_record(arrays), "config": to_config(config)})  # noqa: E731
-        msgs = [Message(content(), dst_node_id=n, message_type=mtype, group_id=f"{kind}-{rnd}")
-                for n in self.sites.values()]
+        record, settings = to_record(arrays), to_config(config)
+        msgs = [Message(RecordDict({"arrays": record, "config": settings}), dst_node_id=n, message_type=mtype,
+                        group_id=f"{kind}-{rnd}") for n in self.sites.values()]
         node_to_site = {n: s for s, n in self.sites.items()}
         ok: dict[int, dict[str, Any]] = {}
         arrays_by_site: dict[int, dict[str, np.ndarray]] = {}
@@ -148,9 +151,8 @@ class FederatedRun:
             else:
                 out[str(site)] = {"eval_error": failed.get(site, "no reply")}
         if self.pooled_test is not None and not local:
-            model = build_model(self.cfg.model, len(self.class_names))
-            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.global_.items()})
-            out["pooled"] = flat_metrics(evaluate(model, self.pooled_test))
+            self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.global_.items()})
+            out["pooled"] = flat_metrics(evaluate(self.model, self.pooled_test))
         else:
             matrices = [info[s]["test"]["confusion_matrix"] for s in info if info[s].get("test")]
             if matrices:

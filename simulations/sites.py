@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fgssl.config import Config
 from fgssl.data import synthetic
@@ -73,8 +74,6 @@ class SimulatedSites:
         return [rows[p] for p in parts]
 
     def _cached_splits(self, site: int) -> Splits:
-        import torch
-
         data, rows, parts, notes = self._open(site)
         images = np.ascontiguousarray(data.images[rows])  # reads only this site's rows of the memory map
         if self.cfg.data.site_shift > 0:
@@ -96,7 +95,7 @@ class SimulatedSites:
     def pooled_test(self) -> ImageSet:
         """The union of every site's test split, each with its own acquisition shift."""
         tests = [self.splits(s).test for s in range(len(self.parts))]
-        return ImageSet(_cat([t.images for t in tests]), _cat([t.labels for t in tests]), tests[0].class_names)
+        return ImageSet(torch.cat([t.images for t in tests]), torch.cat([t.labels for t in tests]), tests[0].class_names)
 
     def class_names(self) -> list[str]:
         if self.cache is not None:
@@ -113,11 +112,6 @@ def _fingerprint(cache: Path) -> str:
         return hashlib.sha256((cache / "manifest.json").read_bytes()).hexdigest()[:16]
     except OSError:
         return ""
-
-
-def _cat(tensors):
-    import torch
-    return torch.cat(tensors)
 
 
 def build_sites(cfg: Config, run_dir: Path, save: bool = True) -> SimulatedSites:
