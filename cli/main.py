@@ -13,6 +13,7 @@ from . import simulate_cmd, train_cmd
 from . import partition_cmd
 from . import prepare_cmd
 from . import certs_cmd
+from . import serve_cmd, node_cmd
 from . import report_cmd
 from . import compare_cmd
 
@@ -27,6 +28,10 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callab
      prepare_cmd.add_arguments, prepare_cmd.run),
     ("certs", "federation CA, SuperLink TLS certificate and one SuperNode auth key pair per hospital",
      certs_cmd.add_arguments, certs_cmd.run),
+    ("serve", "coordinator: SuperLink with TLS and node authentication, register hospital keys, run the federation",
+     serve_cmd.add_arguments, serve_cmd.run),
+    ("node", "hospital: one authenticated SuperNode over TLS that trains on this site's own data",
+     node_cmd.add_arguments, node_cmd.run),
     ("report", "write report.md, a self-contained report.html and plots/ for a simulate run (finished or not)",
      report_cmd.add_arguments, report_cmd.run),
     ("compare", "one table (compare.csv, compare.md) and one per-round plot comparing simulate and train runs",

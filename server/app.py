@@ -51,7 +51,11 @@ def wait_for_sites(grid: Grid, count: int, timeout: float) -> dict[int, int]:
     for r in grid.send_and_receive(queries, timeout=timeout):
         if r.has_error():
             raise RuntimeError(f"node {r.metadata.src_node_id} failed the handshake: {r.error.reason}")
-        sites[int(r.content["site"]["site"])] = r.metadata.src_node_id
+        site = int(r.content["site"]["site"])
+        if site in sites:  # two hospitals with one site id would silently merge into one
+            raise RuntimeError(f"nodes {sites[site]} and {r.metadata.src_node_id} both say they are site {site}; "
+                               "give every node its own site id (fgssl node --site)")
+        sites[site] = r.metadata.src_node_id
     return dict(sorted(sites.items()))
 
 

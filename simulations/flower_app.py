@@ -3,10 +3,16 @@
 Flower passes only flat run-config values, so the app reads `config` (a YAML path; empty = the packaged default),
 `overrides` (`key=value` pairs separated by ';') and `run-dir` from it, and resolves the same Config object that
 `fgssl simulate` would.
+
+The same app serves a real deployment (`fgssl serve` + `fgssl node`): there the run config carries
+`deployment = true` and the whole resolved config (`resolved-config`, JSON), because hospitals cannot read the
+coordinator's files; a SuperNode started by `fgssl node` names its own data in its node config, and its ClientApp
+trains on that (`client.local_site`) instead of a simulated partition.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,10 +20,14 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from client.app import make_client_app
-from fgssl.config import Config, load_config
+from client.local_site import LocalSite, NodeConfigError, NodeSettings, is_deployed, local_config
+from client.site import SiteProvider
+from fgssl.config import Config, config_from_dict, load_config
 from fgssl.rundir import RunDir
 from server.app import FederatedRun, wait_for_sites
+from server.deployment import DEPLOYMENT_KEY, RESOLVED_CONFIG_KEY, run_deployment
 
+from .partition import compute_partition
 from .sites import SimulatedSites, build_sites
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
@@ -30,9 +40,37 @@ def _resolve(config: str, overrides: str, run_dir: str) -> tuple[Config, Simulat
     return cfg, build_sites(cfg, Path(run_dir), save=False)
 
 
-def _from_context(context: Context) -> tuple[Config, SimulatedSites]:
+def _simulated(context: Context) -> tuple[Config, SimulatedSites]:
     rc = context.run_config
     return _resolve(str(rc.get("config", "")), str(rc.get("overrides", "")), str(rc.get("run-dir", "runs/flwr-run")))
+
+
+def _deployed_config(context: Context) -> Config:
+    text = str(context.run_config.get(RESOLVED_CONFIG_KEY, ""))
+    if not text:
+        raise NodeConfigError(RESOLVED_CONFIG_KEY, "this run carries no resolved config; a node started with "
+                                                   "`fgssl node` joins runs started with `fgssl serve`")
+    return config_from_dict(json.loads(text))
+
+
+def _local_site(cfg: Config, node: NodeSettings) -> LocalSite:
+    indices = None
+    if node.dataset == "synthetic":
+        # The node's share of the built-in data: the partition a simulation of this config would give its site.
+        sites = cfg.federation.sites
+        if node.site >= sites:
+            raise NodeConfigError("partition-id", f"synthetic data is shared among federation.sites={sites} sites "
+                                                  f"(ids 0..{sites - 1}); this node is site {node.site}")
+        indices = compute_partition(local_config(cfg, node))[1][node.site]
+    return LocalSite(cfg, node, indices)
+
+
+def _from_context(context: Context) -> tuple[Config, SiteProvider]:
+    if is_deployed(context.node_config):
+        cfg = _deployed_config(context)
+        site = _local_site(cfg, NodeSettings.from_node_config(context.node_config))
+        return site.cfg, site
+    return _simulated(context)
 
 
 client_app = make_client_app(_from_context)
@@ -41,7 +79,11 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg, _ = _from_context(context)
+    if context.run_config.get(DEPLOYMENT_KEY):
+        cfg = _deployed_config(context)
+        run_deployment(grid, cfg, RunDir(str(context.run_config.get("run-dir", "runs/flwr-run"))), print)
+        return
+    cfg, _ = _simulated(context)
     run_dir = RunDir(str(context.run_config.get("run-dir", "runs/flwr-run")))
     run_dir.write_config(cfg)
     sites = build_sites(cfg, run_dir.path)

@@ -1,0 +1,184 @@
+"""`fgssl node`: one hospital's side of a real federation.
+
+Starts one Flower SuperNode that connects to the SuperLink over TLS (trusting only the federation's CA) and
+authenticates with the hospital's private key. The node's own settings (its site id, dataset folder and format,
+state directory, privacy budget) travel as Flower's --node-config to every ClientApp process it starts
+(`client.local_site`). The SuperNode's full log goes to STATE_DIR/supernode.log; this command prints the lines that
+matter and turns Flower's failure modes (untrusted certificate, unregistered key, SuperLink gone) into one clear
+message. Flower's SuperNode keeps running after it gives up reconnecting, so this command stops it then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.local_site import NodeConfigError, NodeSettings
+from fgssl.config import DATASETS
+
+from .federation import (DeployError, check_private_file, flower_env, join_address, node_config_arg,
+                         parse_address, supernode_command)
+from .processes import Child, become_subreaper, free_port, stop_orphans
+
+_ROUND = re.compile(r"\[RUN (\d+), ROUND ([^\]]*)\]")
+_RECEIVING = re.compile(r"Receiving: (\w+) message")
+_NODE_ID = re.compile(r"SuperNode ID: (\d+)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
+    p.add_argument("--ca", required=True, metavar="FILE", help="the federation's CA certificate (ca.crt)")
+    p.add_argument("--key", required=True, metavar="FILE",
+                   help="this hospital's SuperNode private key (node.key from `fgssl certs`; must be 0600)")
+    p.add_argument("--site", required=True, type=int, metavar="N", help="this hospital's site id in the federation")
+    p.add_argument("--dataset", required=True, choices=DATASETS,
+                   help="the local data's format; 'synthetic' generates this site's share of the built-in data")
+    p.add_argument("--root", metavar="DIR", help="the local dataset folder, as the challenge ships it")
+    p.add_argument("--state-dir", required=True, metavar="DIR",
+                   help="this node's state: privacy ledger, image cache, site-local weights, logs")
+    p.add_argument("--max-epsilon", type=float, metavar="EPS",
+                   help="the most ε this hospital ever spends (sample-level DP); it refuses rounds beyond it and "
+                        "does not train in runs without DP")
+    p.add_argument("--csv", help="folder data: the CSV of image paths and labels (relative to --root)")
+    p.add_argument("--path-column", help="folder data: the CSV column of image paths")
+    p.add_argument("--label-column", help="folder data: the CSV column of labels")
+    p.add_argument("--group-column", help="folder data: the CSV column of patient/lesion ids (group-aware splits)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable or missing images")
+    p.add_argument("--port", type=int, metavar="P",
+                   help="local port for the node's ClientApp processes (default: a free one)")
+    p.add_argument("--max-wait-time", type=float, default=120.0, metavar="S",
+                   help="give up after S seconds without the SuperLink (default: 120; 0 = keep trying)")
+    p.add_argument("--verbose", action="store_true", help="print the SuperNode's whole log, not only key lines")
+
+
+@dataclass
+class _Watch:
+    """What the SuperNode's log says, as it says it."""
+    verbose: bool
+    node_id: str | None = None
+    gave_up_at: float | None = None
+    reasons: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _round: str = ""
+
+    def __call__(self, line: str) -> None:
+        text = line.strip()
+        if self.verbose:
+            print(text, flush=True)
+        with self.lock:
+            if m := _NODE_ID.search(text):
+                self.node_id = m.group(1)
+                _say(f"connected to the SuperLink as Flower node {self.node_id}")
+            elif m := _ROUND.search(text):
+                self._round = f"run {m.group(1)}" + (f", {m.group(2)}" if m.group(2) else "")
+            elif (m := _RECEIVING.search(text)) and not self.verbose:
+                _say(f"{self._round}: {m.group(1)} message received")
+            elif "Giving up reconnection" in text:
+                self.gave_up_at = time.monotonic()
+            if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake error" in text:
+                self._add("tls")
+            elif "Failed to activate SuperNode" in text:
+                self._add("auth")
+            elif "Unable to parse the private key" in text:
+                self._add("key")
+            elif "Connection refused" in text or "Name or service not known" in text:
+                self._add("unreachable")
+            if not self.verbose and ("ERROR" in text or "raised an exception" in text):
+                print(f"  {text}", flush=True)
+
+    def _add(self, reason: str) -> None:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+
+
+def _say(line: str) -> None:
+    print(f"fgssl node: {line}", flush=True)
+
+
+def _explain(reasons: list[str], superlink: str, args: argparse.Namespace, gave_up: bool,
+             connected: bool) -> str:
+    if "tls" in reasons:
+        return (f"TLS: the SuperLink at {superlink} presented a certificate that {args.ca} does not vouch for "
+                "(is --ca the federation's ca.crt, and is this host name among the certificate's --hosts?)")
+    if "key" in reasons:
+        return f"--key {args.key} is not an OpenSSH EC private key (use node.key written by `fgssl certs`)"
+    if "auth" in reasons:
+        return (f"the SuperLink at {superlink} refused this node's key: its public key (node.pub next to {args.key}) "
+                "is not registered with this federation; ask the coordinator to register it")
+    wait = f"{args.max_wait_time:g} s" if args.max_wait_time else "retries"
+    if gave_up and connected:
+        return f"lost the SuperLink at {superlink} (no answer for {wait}); the federation is gone or unreachable"
+    return f"could not reach the SuperLink at {superlink} (gave up after {wait})"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _node(args)
+    except (DeployError, NodeConfigError) as e:
+        print(f"fgssl node: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _node(args: argparse.Namespace) -> int:
+    host, port = parse_address(args.superlink, "--superlink")
+    superlink = join_address(host, port)
+    ca, key = Path(args.ca).expanduser().resolve(), Path(args.key).expanduser().resolve()
+    if not ca.is_file():
+        raise DeployError(f"--ca: {ca} not found (the federation's ca.crt)")
+    check_private_file(key, "--key: the SuperNode private key")
+    root = Path(args.root).expanduser().resolve() if args.root else None
+    if root is not None and not root.is_dir():
+        raise DeployError(f"--root: {root} is not a directory")
+    state = Path(args.state_dir).expanduser().resolve()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings = NodeSettings(site=args.site, dataset=args.dataset, state_dir=state, root=root,
+                            max_epsilon=args.max_epsilon, csv=args.csv, path_column=args.path_column,
+                            label_column=args.label_column, group_column=args.group_column,
+                            skip_bad_images=args.skip_bad_images)
+    runtime_port = args.port or free_port()
+    cmd = supernode_command(superlink, ca, key, runtime_port, node_config_arg(settings.to_node_config()),
+                            args.max_wait_time or None)
+
+    def stop_on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    become_subreaper()
+
+    data = "its share of the built-in synthetic data" if args.dataset == "synthetic" else f"{args.dataset} in {root}"
+    budget = f"; privacy budget ε ≤ {args.max_epsilon:g}" if args.max_epsilon else ""
+    _say(f"site {args.site} ({data}{budget}) joining the SuperLink at {superlink} over TLS (CA {ca}), "
+         f"authenticated with {key}")
+    _say(f"state in {state}; SuperNode log: {state / 'supernode.log'}")
+    watch = _Watch(verbose=args.verbose)
+    node = Child("the SuperNode", cmd, state / "supernode.log", env=flower_env(state / "flwr-home"),
+                 cwd=state, on_line=watch)
+    _say(f"SuperNode started (pid {node.pid})")
+    try:
+        while node.alive():
+            # Flower's SuperNode stays up after it gives up reconnecting: stop it once it has said so.
+            if watch.gave_up_at is not None and time.monotonic() - watch.gave_up_at > 3.0:
+                node.stop()
+                break
+            time.sleep(0.2)
+        code = node.wait()
+    except KeyboardInterrupt:
+        _say(f"stopping the SuperNode (pid {node.pid})")
+        node.stop()
+        raise
+    finally:
+        node.stop()
+        stop_orphans({node.pid})
+    if watch.gave_up_at is not None or watch.reasons or code != 0:
+        reason = _explain(watch.reasons, superlink, args, watch.gave_up_at is not None, watch.node_id is not None)
+        print(f"fgssl node: error: {reason} (SuperNode exit code {code}; log: {state / 'supernode.log'})",
+              file=sys.stderr)
+        return 1
+    _say("the SuperNode stopped")
+    return 0

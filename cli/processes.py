@@ -1,0 +1,178 @@
+"""Starting, watching and stopping the long-lived processes of a deployment (SuperLink, SuperNodes, `flwr run`).
+
+Every child starts in its own session, so a Ctrl-C in the terminal reaches only the `fgssl` command, which then stops
+its children in order (SIGTERM, a grace period, SIGKILL) by pid. Flower's helpers (SuperExec, ServerApp and ClientApp
+processes) are detached from their parents; `become_subreaper` makes them ours once their parent is gone, so
+`stop_orphans` can end and reap them instead of leaving them to init.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Sequence
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class ChildExited(RuntimeError):
+    """A child process ended while it was still needed."""
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def become_subreaper() -> bool:
+    """Linux: orphaned descendants are re-parented to this process rather than to init. False elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(deque(f, maxlen=lines)).rstrip()
+    except OSError:
+        return ""
+
+
+class Child:
+    """One started process; its output goes to `log_path`, line by line through `on_line` when one is given."""
+
+    def __init__(self, name: str, cmd: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, on_line: Callable[[str], None] | None = None) -> None:
+        self.name, self.log_path = name, log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "a", encoding="utf-8")
+        self.popen = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
+                                      text=True, errors="replace", bufsize=1)
+        self._reader = threading.Thread(target=self._pump, args=(on_line,), name=f"{name}-output", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def _pump(self, on_line: Callable[[str], None] | None) -> None:
+        assert self.popen.stdout is not None
+        for raw in self.popen.stdout:
+            line = strip_ansi(raw.rstrip("\n"))
+            self._log.write(line + "\n")
+            self._log.flush()
+            if on_line is not None:
+                on_line(line)
+        self._log.close()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self.popen.wait(timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def stop(self, grace: float = 10.0) -> int:
+        """SIGTERM (the child shuts down its own helpers), then SIGKILL to its process group after `grace` s."""
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)  # its own session: the group is this child and its kin
+                except ProcessLookupError:
+                    pass
+            except ProcessLookupError:
+                pass
+        return self.wait(timeout=grace)
+
+
+def wait_for_port(host: str, port: int, child: Child, timeout: float) -> None:
+    """Until `host:port` accepts TCP connections; ChildExited if `child` ends first, TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise ChildExited(f"{child.name} exited with code {child.returncode} while starting")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{child.name} did not open {host}:{port} within {timeout:.0f} s")
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces or parentheses: the fields we need follow the last ')'.
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def stop_orphans(known: set[int], grace: float = 5.0) -> list[int]:
+    """Stop and reap descendants re-parented to this process (see `become_subreaper`) that are not in `known`.
+
+    They are Flower helpers whose parent we already stopped; most end by themselves once they notice, so they get
+    `grace` seconds before SIGTERM, and as long again before SIGKILL.
+    """
+    if not Path("/proc").is_dir():
+        return []
+    me = os.getpid()
+    found: set[int] = set()
+    deadline = time.monotonic() + 3 * grace
+    signalled: dict[int, int] = {}
+    start = time.monotonic()
+    while time.monotonic() < deadline:
+        pids = [p for p in _children_of(me) if p not in known]
+        if not pids:
+            break
+        for pid in pids:
+            found.add(pid)
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if done:
+                continue
+            elapsed = time.monotonic() - start
+            sig = signal.SIGKILL if elapsed > 2 * grace else signal.SIGTERM if elapsed > grace else None
+            if sig is not None and signalled.get(pid) != sig:
+                try:
+                    os.kill(pid, sig)
+                    signalled[pid] = sig
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.2)
+    return sorted(found)
