@@ -1,4 +1,4 @@
-"""Helpers shared by the commands: config resolution, run directories, progress and tables."""
+"""Helpers shared by the commands: config resolution, run directories and tables (progress: cli/progress.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from fgssl.config import Config, load_config
 from fgssl.rundir import RunDir, default_run_dir
@@ -30,30 +29,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class Progress:
-    """A tqdm bar fed by fgssl's on_batch callbacks; silent with --quiet."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bar: tqdm | None = None
-
-    def start(self, desc: str, total: int) -> None:
-        self.close()
-        if not self.quiet:
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-    def __call__(self, done: int, total: int, losses: dict[str, float]) -> None:
-        if self.bar is not None:
-            self.bar.total = total
-            self.bar.update(done - self.bar.n)
-            self.bar.set_postfix(loss=f"{sum(losses.values()):.3f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Callable, Sequence
 
@@ -16,6 +17,7 @@ from . import certs_cmd
 from . import serve_cmd, node_cmd
 from . import report_cmd
 from . import compare_cmd
+from . import sweep_cmd
 
 # Each entry: (name, help, add_arguments, run)
 COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
@@ -36,6 +38,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callab
      report_cmd.add_arguments, report_cmd.run),
     ("compare", "one table (compare.csv, compare.md) and one per-round plot comparing simulate and train runs",
      compare_cmd.add_arguments, compare_cmd.run),
+    ("sweep", "privacy-budget x heterogeneity experiments: one simulate run per (ε, α, seed), results table and plot",
+     sweep_cmd.add_arguments, sweep_cmd.run),
 ]
 
 
@@ -46,7 +50,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="override one config value, e.g. --set model.backbone=resnet34 (repeatable)")
     p.add_argument("--out", help="run directory to write (default: runs/<timestamp>-<command>)")
     p.add_argument("--seed", type=int, help="random seed (overrides the config's seed)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_arguments(p)
+
+
+def add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """--quiet / --json, for every command with long-running steps (see cli/progress.py)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quiet", action="store_true", help="no progress output, only results")
+    g.add_argument("--json", action="store_true",
+                   help="machine-readable output: one JSON object per line on stdout, each with an \"event\" key")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,20 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    print(f"fgssl {args.command}: {message}", file=sys.stderr)
+    if getattr(args, "json", False):  # a JSON reader sees the end of the stream too
+        print(json.dumps({"event": "error", "command": args.command, "message": message, "exit_code": code},
+                         ensure_ascii=False), flush=True)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"fgssl {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args, f"error: {e}", 2)
     except (RoundFailed, TimeoutError) as e:
-        print(f"fgssl {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(args, f"error: {e}", 1)
     except KeyboardInterrupt:
-        print(f"fgssl {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", 130)
 
 
 if __name__ == "__main__":

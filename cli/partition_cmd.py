@@ -8,6 +8,7 @@ import json
 from simulations.partition import compute_partition, label_divergence
 
 from .common import format_table, open_run_dir, resolve_config
+from .progress import Output
 from .simulate_cmd import DEFAULT_CONFIG
 
 
@@ -37,10 +38,16 @@ def run(args: argparse.Namespace) -> int:
     from .plots import save_partition_chart  # matplotlib only when needed
     png_path = save_partition_chart(run_dir.path / "partition.png", record)
     params = ", ".join(f"{k}={v}" for k, v in record["params"].items())
+    tv = label_divergence(pool.labels, parts, len(pool.class_names))
+    if args.json:
+        Output.from_args(args, "partition").emit(
+            "done", command="partition", run_dir=str(run_dir.path), partition=str(json_path), plot=str(png_path),
+            method=record["method"], params=record["params"], label_skew=tv, class_names=record["class_names"],
+            sites=[{k: v for k, v in s.items() if k != "indices"} for s in record["sites"]])
+        return 0
     print(f"fgssl partition: {cfg.data.dataset} data, {len(pool.labels)} images, {record['method']}"
           f"{f' ({params})' if params else ''} over {len(parts)} sites, seed {cfg.seed}")
     print(site_table(record))
-    tv = label_divergence(pool.labels, parts, len(pool.class_names))
     print(f"label skew: mean total-variation distance of a site's class mix from the pool's = {tv:.3f} "
           f"(0 = identical, 1 = disjoint)")
     print(f"fgssl partition: wrote {json_path} and {png_path}")

@@ -1,6 +1,6 @@
 """`fgssl prepare`: decode and resize a real dataset once into the cache that training reads.
 
-    fgssl prepare --dataset isic2018 --root ~/data/ISIC2018 [--size 64] [--out DIR] [--skip-bad-images] [--quiet]
+    fgssl prepare --dataset isic2018 --root ~/data/ISIC2018 [--size 64] [--out DIR] [--skip-bad-images] [--quiet|--json]
 
 Reuses a valid cache (same settings, source files unchanged) and rebuilds a stale one. Prints one summary line;
 bad input ends with one line `fgssl prepare: error: ...` and exit status 2.
@@ -16,6 +16,8 @@ import sys
 from fgssl.config import DATASETS, ConfigError, load_config
 from fgssl.data.cache import prepare
 from fgssl.data.errors import DataError
+
+from .progress import Output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config whose `data` section to prepare (flags override it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set data.resize=pad (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .main import add_output_arguments
+    add_output_arguments(p)
 
 
 def _data_config(args: argparse.Namespace):
@@ -59,14 +62,27 @@ def _data_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    out = Output.from_args(args, "prepare")
     try:
         data = _data_config(args)
         workers = args.workers if args.workers > 0 else min(8, os.cpu_count() or 1)
-        result = prepare(data, workers=workers, progress=not args.quiet)
+        out.emit("start", command="prepare", dataset=data.dataset, root=data.root, size=data.image_size)
+        if out.json:
+            with out.bar(f"prepare {data.dataset} {data.image_size}px", 0) as bar:
+                result = prepare(data, workers=workers, progress=lambda done, total: bar.update(done, total))
+        else:
+            result = prepare(data, workers=workers, progress=out.shows_progress)
     except (DataError, ConfigError) as e:
         print(f"fgssl prepare: error: {e}", file=sys.stderr)
+        out.emit("error", command="prepare", message=f"error: {e}", exit_code=2)
         return 2
     m = result.manifest
+    if out.json:
+        out.emit("done", command="prepare", dataset=data.dataset, cache=str(result.path), built=result.built,
+                 reason=result.reason, num_images=m["num_images"], image_size=data.image_size,
+                 class_names=m["class_names"], class_counts=m["class_counts"], seconds=result.seconds,
+                 notes=list(result.notes), skipped=len(result.skipped))
+        return 0
     classes = ", ".join(f"{c} {n}" for c, n in zip(m["class_names"], m["class_counts"]))
     if result.built:
         how = (f"built in {m['build_seconds']:.1f} s ({m['images_per_s']:.1f} images/s, {workers} worker"

@@ -2,8 +2,9 @@
 the plots under plots/. Works on a finished run (summary.json) and on one that stopped early (metrics.jsonl only,
 possibly cut short): then the tables come from the last evaluated round and the report says where it stopped.
 
-Reads only the run's files (config.yaml as plain YAML, metrics.jsonl, summary.json, partition.json): no torch, no
-Flower, and matplotlib only when drawing.
+Reads only the run's files (config.yaml as plain YAML, metrics.jsonl, summary.json, partition.json) and no Flower;
+matplotlib only when drawing, and torch only for the jigsaw views, whose images are regenerated from the config
+(synthetic data) or read from the data set's prepared cache (cli/jigsaw_figure.py).
 """
 
 from __future__ import annotations
@@ -255,6 +256,12 @@ def make_plots(run: Run) -> tuple[list[Plot], list[str]]:
     else:
         skipped.append("partition: no partition.json")
 
+    made_or_why = _jigsaw_plot(run, out_dir)
+    if isinstance(made_or_why, Plot):
+        made.append(made_or_why)
+    else:
+        skipped.append(f"jigsaw views: {made_or_why}")
+
     final, rnd = run.final_metrics()
     cm = final.get("pooled", {}).get("confusion_matrix")
     if isinstance(cm, list) and cm:
@@ -266,6 +273,27 @@ def make_plots(run: Run) -> tuple[list[Plot], list[str]]:
     else:
         skipped.append("confusion matrix: no pooled confusion matrix in the metrics")
     return made, skipped
+
+
+def _jigsaw_plot(run: Run, out_dir: Path) -> Plot | str:
+    """The jigsaw views figure, or why it cannot be drawn (the run's images are not loadable here)."""
+    from .jigsaw_figure import ViewsUnavailable, load_examples, save_jigsaw_views
+
+    try:
+        ex = load_examples(run.path, run.partition)
+    except ViewsUnavailable as e:
+        return str(e)
+    except (OSError, ValueError) as e:  # an unreadable cache file, a bad index: the report goes on without it
+        return f"the run's images could not be loaded ({type(e).__name__}: {e})"
+    grans = ", ".join(str(n) for n in ex.granularities)
+    path = save_jigsaw_views(out_dir / "jigsaw_views.png", ex,
+                             title=f"Jigsaw views at each block's granularity (model.granularities = [{grans}])")
+    return Plot("Jigsaw views", path,
+                f"A few of the run's images ({ex.source}; each shown as its site sees it) and the jigsaw view J_n "
+                "each block is trained on: the image cut into n×n tiles (white grid) and shuffled with its own "
+                "random permutation, n from model.granularities for the blocks on layer2, layer3 and layer4. "
+                "In SSL rounds the shuffle is applied to an augmented copy (not shown); the concatenated branch "
+                "sees the unshuffled image.")
 
 
 # ---- the report's content, as blocks rendered to Markdown and HTML ----

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from fgssl.config import ConfigError, load_config
 from fgssl.rundir import RunDir
 
 from .common import format_table, open_run_dir, resolve_config, seed_everything
+from .progress import Output
 
 DEFAULT_CONFIG = Path(str(resources.files("simulations") / "configs" / "default.yaml"))
 TABLE = ["site", "num_examples", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "epsilon"]
+POOLED_SCALARS = ("balanced_accuracy", "accuracy", "macro_auc", "macro_f1")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +24,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
 
 
+def round_event(rec: dict[str, Any]) -> dict[str, Any]:
+    """Flatten server.app's per-round record into the fields of a JSON "round" event."""
+    train, evals = rec.get("train", {}), rec.get("evals", {})
+    losses = [r["train_loss"] for r in train.values() if isinstance(r.get("train_loss"), (int, float))]
+    eps = [r["epsilon"] for r in train.values() if isinstance(r.get("epsilon"), (int, float))]
+    out: dict[str, Any] = {"round": rec["round"], "total": rec["total"], "phase": rec["phase"],
+                           "seconds": round(float(rec["seconds"]), 2)}
+    if losses:
+        out["mean_local_loss"] = sum(losses) / len(losses)
+    if eps:
+        out["max_epsilon"] = max(eps)
+    pooled = evals.get("pooled") or {}
+    for k in POOLED_SCALARS:
+        if k in pooled:
+            out[f"pooled_{k}"] = pooled[k]
+    out["sites"] = {str(s): {k: r[k] for k in ("status", "train_loss", "epsilon") if k in r}
+                    for s, r in train.items()}
+    for s, m in evals.items():
+        if s != "pooled" and "balanced_accuracy" in m:
+            out["sites"].setdefault(str(s), {})["balanced_accuracy"] = m["balanced_accuracy"]
+    dropped = [{"site": str(s), "status": r.get("status"), "reason": r.get("reason", "")}
+               for s, r in train.items() if r.get("status") in ("rejected", "refused")]
+    if dropped:
+        out["dropped"] = dropped
+    out["text"] = rec.get("text", "")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    out = Output.from_args(args, "simulate")
     if args.resume:
         run_dir = RunDir(args.resume)
         saved = run_dir.path / "config.yaml"
@@ -34,23 +66,31 @@ def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args, DEFAULT_CONFIG)
         run_dir = open_run_dir(args, "simulate")
         run_dir.write_config(cfg)
-    print(f"fgssl simulate: writing to {run_dir.path}", flush=True)
+    out.emit("start", f"fgssl simulate: writing to {run_dir.path}", result=True, command="simulate",
+             run_dir=str(run_dir.path), rounds=cfg.federation.total_rounds, sites=cfg.federation.sites,
+             resume=bool(args.resume))
     seed_everything(cfg.seed)
     from simulations.run import simulate
 
-    def say(line: str) -> None:
-        if not args.quiet:
-            print(line, flush=True)
+    def on_round(rec: dict[str, Any]) -> None:
+        out.emit("round", rec["text"], **round_event(rec))
 
-    summary = simulate(cfg, run_dir, resume=bool(args.resume), say=say)
+    summary = simulate(cfg, run_dir, resume=bool(args.resume), say=out.say, on_round=on_round)
     final = summary.get("final", {})
     rows = [{"site": s, **m} for s, m in final.items()]
-    if rows:
+    if rows and not out.json:
         columns = [c for c in TABLE if c != "epsilon" or any("epsilon" in r for r in rows)]
         print(format_table(rows, columns))
-    print(f"privacy: {summary['privacy']['text']}")
-    print(f"fgssl simulate: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
-          f"(summary.json, metrics.jsonl, metrics.csv, partition.json, model.safetensors, checkpoint/)")
+    out.emit("privacy", f"privacy: {summary['privacy']['text']}", result=True, **summary["privacy"])
     from .report import report_at_end
-    report_at_end(run_dir.path)
+    text_done = (f"fgssl simulate: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
+                 f"(summary.json, metrics.jsonl, metrics.csv, partition.json, model.safetensors, checkpoint/)")
+    if out.json:
+        paths = report_at_end(run_dir.path, say=out.say)
+        scalars = {s: {k: v for k, v in m.items() if not isinstance(v, (dict, list))} for s, m in final.items()}
+        out.emit("done", command="simulate", run_dir=str(run_dir.path), seconds=summary["elapsed_s"],
+                 final=scalars, report=str(paths.html) if paths else None)
+    else:
+        print(text_done)
+        report_at_end(run_dir.path)
     return 0

@@ -13,7 +13,8 @@ from fgssl.data.sources import load_splits
 from fgssl.model import build_model
 from fgssl.train import evaluate, resolve_device, train_local
 
-from .common import Progress, format_table, open_run_dir, resolve_config, seed_everything
+from .common import format_table, open_run_dir, resolve_config, seed_everything
+from .progress import Output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,10 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = Output.from_args(args, "train")
     cfg = resolve_config(args)
     run_dir = open_run_dir(args, "train")
     run_dir.write_config(cfg)
-    print(f"fgssl train: writing to {run_dir.path}")
+    out.emit("start", f"fgssl train: writing to {run_dir.path}", result=True, command="train",
+             run_dir=str(run_dir.path))
     seed_everything(cfg.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -33,22 +36,22 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # the same notes are printed and saved below
-        splits = load_splits(cfg.data, cfg.seed, progress=not args.quiet)
-    print(f"data: {cfg.data.dataset}, {splits.sizes()} images of {cfg.data.image_size} px, "
-          f"{splits.train.num_classes} classes")
+        splits = load_splits(cfg.data, cfg.seed, progress=out.shows_progress)
+    out.emit("data", f"data: {cfg.data.dataset}, {splits.sizes()} images of {cfg.data.image_size} px, "
+             f"{splits.train.num_classes} classes", result=True, dataset=cfg.data.dataset, sizes=splits.sizes(),
+             num_classes=splits.train.num_classes)
     for note in splits.notes:
-        print(f"note: {note}")
+        out.emit("note", f"note: {note}", result=True, text=note)
     model = build_model(cfg.model, splits.train.num_classes).to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    progress = Progress(args.quiet)
     plan = [("ssl", e, cfg.train.ssl_epochs) for e in range(cfg.train.ssl_epochs)]
     plan += [("finetune", e, cfg.train.finetune_epochs) for e in range(cfg.train.finetune_epochs)]
     val = None
     for phase, epoch, epochs in plan:
-        progress.start(f"{phase} epoch {epoch + 1}/{epochs}", splits.train.num_batches(cfg.train.batch_size))
-        result = train_local(model, splits.train, phase, cfg, epochs=1, progress=(epoch / epochs, (epoch + 1) / epochs),
-                             generator=gen, device=device, on_batch=progress)
-        progress.close()
+        with out.bar(f"{phase} epoch {epoch + 1}/{epochs}", splits.train.num_batches(cfg.train.batch_size)) as bar:
+            result = train_local(model, splits.train, phase, cfg, epochs=1,
+                                 progress=(epoch / epochs, (epoch + 1) / epochs), generator=gen, device=device,
+                                 on_batch=bar)
         record = {"phase": phase, "epoch": epoch + 1, "elapsed_s": round(time.time() - started, 1),
                   **{k: v for k, v in result.losses.items()}}
         line = f"{phase} epoch {epoch + 1}/{epochs}: loss {result.losses['loss']:.4f}"
@@ -57,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
             record["val"] = val
             line += f"  val balanced_accuracy {val['balanced_accuracy']:.3f}  accuracy {val['accuracy']:.3f}"
         run_dir.log(record)
-        print(line, flush=True)
+        out.emit("epoch", line, phase=phase, epoch=epoch + 1, total=epochs, seconds=record["elapsed_s"],
+                 loss=result.losses["loss"], **({"val_balanced_accuracy": val["balanced_accuracy"],
+                                                  "val_accuracy": val["accuracy"]} if phase == "finetune" else {}))
     test = evaluate(model, splits.test, device=device)
     summary = {"command": "train", "seed": cfg.seed, "elapsed_s": round(time.time() - started, 1),
                "splits": splits.sizes(), "class_names": list(splits.train.class_names),
@@ -67,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     run_dir.write_metrics_csv()
     run_dir.write_summary(summary)
     run_dir.save_weights(model.state_dict())
+    if out.json:
+        out.emit("done", command="train", run_dir=str(run_dir.path), seconds=summary["elapsed_s"],
+                 test={k: v for k, v in test.items() if not isinstance(v, (dict, list))})
+        return 0
     print(format_table([{"split": "test", **test}],
                        ["split", "num_examples", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]))
     print(f"fgssl train: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "

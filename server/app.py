@@ -27,6 +27,9 @@ from strategies.flower import from_config, from_record, to_config, to_record
 from .checkpoint import load_checkpoint, save_checkpoint
 
 Say = Callable[[str], None]
+# Structured per-round data for callers that want more than the printed line (fgssl simulate --json):
+# {round, total, phase, seconds, train: {site: record}, evals: {site or "pooled": metrics}, text}.
+RoundHook = Callable[[dict[str, Any]], None]
 SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_weighted_kappa", "loss")
 
 
@@ -80,9 +83,10 @@ def pooled_from_confusion(matrices: list[list[list[int]]], class_names: list[str
 
 class FederatedRun:
     def __init__(self, cfg: Config, run_dir: RunDir, grid: Grid, sites: dict[int, int], class_names: list[str],
-                 pooled_test: ImageSet | None, say: Say) -> None:
+                 pooled_test: ImageSet | None, say: Say, on_round: RoundHook | None = None) -> None:
         self.cfg, self.run_dir, self.grid, self.sites = cfg, run_dir, grid, sites
         self.class_names, self.pooled_test, self.say = class_names, pooled_test, say
+        self.on_round = on_round
         # One model serves as the initial global weights and, later, for the pooled evaluation.
         self.model = initial_model(cfg, len(class_names))
         self.global_ = {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
@@ -190,7 +194,13 @@ class FederatedRun:
                 self.run_dir.log(rec)
             save_checkpoint(ckpt_dir, rnd, self.global_, self.strategy.state_dict())
             self.last_eval = evals or self.last_eval
-            self.say(_round_line(rnd, fed.total_rounds, phase, train, evals, time.time() - t0))
+            secs = time.time() - t0
+            line = _round_line(rnd, fed.total_rounds, phase, train, evals, secs)
+            if self.on_round is not None:  # the hook replaces the line (it gets the line too)
+                self.on_round({"round": rnd, "total": fed.total_rounds, "phase": phase, "seconds": secs,
+                               "train": train, "evals": evals, "text": line})
+            else:
+                self.say(line)
         state = {k: torch.from_numpy(np.array(v)) for k, v in self.global_.items()}
         self.run_dir.save_weights(state)
         summary = {"command": "simulate", "rounds": fed.total_rounds, "sites": len(self.sites),
@@ -235,14 +245,14 @@ def _round_line(rnd: int, total: int, phase: str, train: dict, evals: dict, secs
 
 
 def make_server_app(cfg: Config, run_dir: RunDir, class_names: list[str], *, resume: bool = False,
-                    pooled_test: ImageSet | None = None, say: Say = print,
+                    pooled_test: ImageSet | None = None, say: Say = print, on_round: RoundHook | None = None,
                     result: dict[str, Any] | None = None) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         sites = wait_for_sites(grid, cfg.federation.sites, timeout=cfg.federation.round_timeout_s)
-        summary = FederatedRun(cfg, run_dir, grid, sites, class_names, pooled_test, say).run(resume)
+        summary = FederatedRun(cfg, run_dir, grid, sites, class_names, pooled_test, say, on_round).run(resume)
         if result is not None:
             result.update(summary)
 

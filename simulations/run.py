@@ -37,8 +37,13 @@ def backend_config(cfg: Config) -> dict[str, Any]:
 
 
 def simulate(cfg: Config, run_dir: RunDir, *, resume: bool = False,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Partition the data, start Ray, run the ServerApp and one ClientApp per site; returns the summary."""
+             say: Callable[[str], None] = print,
+             on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Partition the data, start Ray, run the ServerApp and one ClientApp per site; returns the summary.
+
+    `on_round`, when given, gets each round's structured record instead of `say` getting its line
+    (see server.app.RoundHook).
+    """
     flower_environment(Path(tempfile.gettempdir()) / "fgssl-flwr-home")
     from flwr.simulation import run_simulation
 
@@ -50,7 +55,7 @@ def simulate(cfg: Config, run_dir: RunDir, *, resume: bool = False,
         f"{[len(p) for p in sites.parts]} (partition.json)")
     result: dict[str, Any] = {}
     server_app = make_server_app(cfg, run_dir, sites.class_names(), resume=resume,
-                                 pooled_test=sites.pooled_test(), say=say, result=result)
+                                 pooled_test=sites.pooled_test(), say=say, on_round=on_round, result=result)
     run_simulation(server_app=server_app, client_app=make_client_app(lambda _context: (cfg, sites)),
                    num_supernodes=cfg.federation.sites, backend_config=backend_config(cfg))
     if not result:

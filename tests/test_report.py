@@ -7,6 +7,7 @@ import struct
 import pytest
 import yaml
 
+from cli.jigsaw_figure import JIGSAW_FIGSIZE
 from cli.plots import CONFUSION_FIGSIZE, PARTITION_FIGSIZE, REPORT_DPI, REPORT_FIGSIZE
 
 from .conftest import TINY, merge, run_cli
@@ -17,6 +18,7 @@ EXPECTED = {  # plot file -> (width, height) in pixels
     "training_loss.png": CURVE_PX,
     "partition.png": (round(PARTITION_FIGSIZE[0] * 100), round(PARTITION_FIGSIZE[1] * 100)),
     "confusion_pooled.png": (round(CONFUSION_FIGSIZE[0] * REPORT_DPI), round(CONFUSION_FIGSIZE[1] * REPORT_DPI)),
+    "jigsaw_views.png": (round(JIGSAW_FIGSIZE[0] * REPORT_DPI), round(JIGSAW_FIGSIZE[1] * REPORT_DPI)),
 }
 
 
@@ -63,6 +65,27 @@ def test_report_on_a_finished_run(finished_run, tmp_path):
     assert page.count('src="data:image/png;base64,') == len(EXPECTED) and 'src="plots/' not in page
     check_plots(run, EXPECTED)
     assert not (run / "plots" / "epsilon.png").exists()  # no DP, no ε plot
+    for text in (md, page):  # the jigsaw views: the run's granularities, images regenerated from its config
+        assert "Jigsaw views" in text and "model.granularities" in text and "regenerated from config.yaml" in text
+    assert "](plots/jigsaw_views.png)" in md and "Not drawn: jigsaw" not in md
+
+
+def test_report_says_why_the_jigsaw_views_are_missing(finished_run, tmp_path):
+    # A run on a real data set whose images are not on this machine: the report is still written, and says why.
+    from cli.report import write_report
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    shutil.rmtree(run / "plots")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"].update(dataset="isic2018", root=str(tmp_path / "no-such-folder"))
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    paths = write_report(run)
+    md = paths.markdown.read_text()
+    assert f"jigsaw views: the isic2018 images are not available here: data.root {tmp_path / 'no-such-folder'} " \
+           "does not exist" in md and "fgssl prepare" in md
+    assert "jigsaw views" in paths.html.read_text()
+    check_plots(run, {k: v for k, v in EXPECTED.items() if k != "jigsaw_views.png"})
+    assert not (run / "plots" / "jigsaw_views.png").exists()
 
 
 def test_report_on_an_interrupted_run(finished_run, tmp_path):

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Union
 
 import numpy as np
 from numpy.lib.format import open_memmap
@@ -47,6 +47,8 @@ FORMAT = "fgssl-image-cache"
 VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = ("images", "labels", "ids", "groups", "partitions", "sites")
+# True: a tqdm bar on stderr; False: silent; a callable: told (images decoded, total) after each image.
+ProgressArg = Union[bool, Callable[[int, int], None]]
 
 
 @dataclass
@@ -257,7 +259,7 @@ def _fsync(path: Path) -> None:
 
 
 def _decode_all(index: Index, images: np.ndarray, size: int, resize: str, skip: bool, workers: int,
-                progress: bool) -> list[tuple[int, Skip]]:
+                progress: ProgressArg) -> list[tuple[int, Skip]]:
     """Decode every record into `images[i]`; returns (position, skip) for undecodable files when skipping."""
     bad: list[tuple[int, Skip]] = []
 
@@ -272,15 +274,24 @@ def _decode_all(index: Index, images: np.ndarray, size: int, resize: str, skip: 
         return None
 
     n = len(index.records)
-    bar = tqdm(total=n, desc=f"prepare {index.dataset} {size}px", unit="img", disable=not progress,
+    bar = tqdm(total=n, desc=f"prepare {index.dataset} {size}px", unit="img", disable=progress is not True,
                dynamic_ncols=True, leave=False)
+    report = progress if callable(progress) else None
+    done = 0
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        bar.update(1)
+        if report is not None:
+            report(done, n)
     try:
         if workers <= 1:
             for i in range(n):
                 res = work(i)
                 if res:
                     bad.append(res)
-                bar.update(1)
+                advance()
         else:
             with ThreadPoolExecutor(workers) as pool:
                 futures = [pool.submit(work, i) for i in range(n)]
@@ -289,7 +300,7 @@ def _decode_all(index: Index, images: np.ndarray, size: int, resize: str, skip: 
                         res = fut.result()
                         if res:
                             bad.append(res)
-                        bar.update(1)
+                        advance()
                 except BaseException:
                     for f in futures:
                         f.cancel()
@@ -300,7 +311,7 @@ def _decode_all(index: Index, images: np.ndarray, size: int, resize: str, skip: 
 
 
 def _build(index: Index, cfg: DataConfig, target: Path, settings: dict[str, Any], sources: list[list[Any]],
-           workers: int, progress: bool) -> dict[str, Any]:
+           workers: int, progress: ProgressArg) -> dict[str, Any]:
     size = cfg.image_size
     started = time.perf_counter()
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -390,8 +401,11 @@ def _install(tmp: Path, target: Path) -> None:
     raise DataError(f"could not install the cache at {target}", "data.cache_dir")
 
 
-def prepare(cfg: DataConfig, *, workers: int = 1, progress: bool = True) -> PrepareResult:
-    """Build the cache for `cfg` (a real dataset), or reuse it when it is still valid."""
+def prepare(cfg: DataConfig, *, workers: int = 1, progress: ProgressArg = True) -> PrepareResult:
+    """Build the cache for `cfg` (a real dataset), or reuse it when it is still valid.
+
+    `progress`: True draws a bar on stderr, False nothing; a callable gets (images decoded, total) instead.
+    """
     started = time.perf_counter()
     index = official.scan(cfg)
     settings = _settings(cfg)
