@@ -81,7 +81,7 @@ class Bar:
     def __init__(self, output: Output, step: str, total: int) -> None:
         self.output, self.step, self.total = output, step, total
         self.done = 0
-        self.last_emit = 0.0
+        self.last_emit = time.monotonic()
         self.tqdm = (tqdm(total=total, desc=step, leave=False, dynamic_ncols=True)
                      if output.shows_progress else None)
 
