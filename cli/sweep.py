@@ -356,7 +356,7 @@ def run_cell(cell_dir: Path, config_path: Path | None, log_path: Path,
                     log.flush()
                     continue
                 if event["event"] == "error":
-                    error = str(event.get("message", ""))
+                    error = str(event.get("message", "")).removeprefix("error: ")
                 on_event(event)
             rc = proc.wait()
         except BaseException:  # Ctrl-C or a bug here: do not leave a simulation running behind the sweep

@@ -175,6 +175,9 @@ def save_utility_vs_epsilon(path: Path, points: list[Point], partition_text: str
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 2, figsize=PLOT_FIGSIZE, dpi=REPORT_DPI)
     for ax, (key, title), ref in zip(axes, METRICS[:2], (chance, 0.5)):
+        if not any(p.stat(key)[0] is not None for p in points):
+            why = "no finished cell yet" if not any(p.finished for p in points) else f"no cell reported {title}"
+            ax.text(0.5, 0.75, why, ha="center", va="center", transform=ax.transAxes, color="grey")
         for k, alpha in enumerate(alphas):
             offset = (k - (len(alphas) - 1) / 2) * 0.025 * span  # keeps error bars of different α apart
             pts = [(p, *p.stat(key)) for p in points if p.alpha == alpha]
