@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
     partition_text = _partition_text(base)
     alphas = "" if spec.alphas is None else f" × α {', '.join(f'{a:g}' for a in spec.alphas)}"
     seeds = sorted({c.seed for c in cells})
-    out.emit("start", f"fgssl sweep: {len(cells)} cells (ε {', '.join(fmt_eps(e) for e in spec.epsilons)}{alphas}"
-             f" × seeds {', '.join(map(str, seeds))}) in {root}", result=True, command="sweep", out=str(root),
-             cells=[c.fields() for c in cells])
+    grid = f"ε {', '.join(fmt_eps(e) for e in spec.epsilons)}{alphas} × seeds {', '.join(map(str, seeds))}"
+    out.emit("start", f"fgssl sweep: {len(cells)} cell{'s' if len(cells) != 1 else ''} ({grid}) in {root}",
+             result=True, command="sweep", out=str(root), cells=[c.fields() for c in cells])
     if spec.any_dp and base.model.norm != "group":
         out.emit("note", "note: model.norm=group in every cell: DP-SGD needs GroupNorm, and the ε = ∞ cells use it "
                  "too so that they are a fair reference", result=True, text="model.norm=group in every cell")

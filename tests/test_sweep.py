@@ -1,4 +1,4 @@
-"""`fgssl sweep`: an ε × seed grid of simulate runs on the built-in data, its results, resuming, failures, bad input."""
+"""`fgssl sweep`: an ε × seed grid of simulate runs on the built-in data; results, resuming, failures, bad input."""
 
 import csv
 import json
