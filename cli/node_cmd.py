@@ -11,6 +11,7 @@ message. Flower's SuperNode keeps running after it gives up reconnecting, so thi
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -20,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.local_site import NodeConfigError, NodeSettings
+from client.node_settings import NodeConfigError, NodeSettings
 from fgssl.config import DATASETS
 
 from .federation import (DeployError, check_private_file, flower_env, join_address, node_config_arg,
                          parse_address, supernode_command)
 from .processes import Child, become_subreaper, free_port, stop_orphans
 
-_ROUND = re.compile(r"\[RUN (\d+), ROUND ([^\]]*)\]")
+_ROUND = re.compile(r"\[RUN (\d+)(?:, ROUND ([^\]]*))?\]")
 _RECEIVING = re.compile(r"Receiving: (\w+) message")
 _NODE_ID = re.compile(r"SuperNode ID: (\d+)")
 
@@ -79,7 +80,8 @@ class _Watch:
             elif m := _ROUND.search(text):
                 self._round = f"run {m.group(1)}" + (f", {m.group(2)}" if m.group(2) else "")
             elif (m := _RECEIVING.search(text)) and not self.verbose:
-                _say(f"{self._round}: {m.group(1)} message received")
+                _say(f"{self._round}: {m.group(1)} message received" if self._round else
+                     f"{m.group(1)} message received")
             elif "Giving up reconnection" in text:
                 self.gave_up_at = time.monotonic()
             if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake error" in text:
@@ -102,8 +104,8 @@ def _say(line: str) -> None:
     print(f"fgssl node: {line}", flush=True)
 
 
-def _explain(reasons: list[str], superlink: str, args: argparse.Namespace, gave_up: bool,
-             connected: bool) -> str:
+def _explain(reasons: list[str], superlink: str, args: argparse.Namespace, gave_up: bool, connected: bool,
+             code: int) -> str:
     if "tls" in reasons:
         return (f"TLS: the SuperLink at {superlink} presented a certificate that {args.ca} does not vouch for "
                 "(is --ca the federation's ca.crt, and is this host name among the certificate's --hosts?)")
@@ -115,10 +117,18 @@ def _explain(reasons: list[str], superlink: str, args: argparse.Namespace, gave_
     wait = f"{args.max_wait_time:g} s" if args.max_wait_time else "retries"
     if gave_up and connected:
         return f"lost the SuperLink at {superlink} (no answer for {wait}); the federation is gone or unreachable"
-    return f"could not reach the SuperLink at {superlink} (gave up after {wait})"
+    if gave_up:
+        return f"could not reach the SuperLink at {superlink} (gave up after {wait})"
+    if code < 0:
+        return f"the SuperNode was killed by {signal.Signals(-code).name}"
+    return "the SuperNode stopped unexpectedly"
 
 
 def run(args: argparse.Namespace) -> int:
+    if "torch" in sys.modules and sys.argv[1:2] == ["node"]:
+        # The `fgssl` entry point imports every command, torch among them (~370 MB of private memory); a node's
+        # supervisor runs for as long as the hospital stays in the federation, so it becomes this light module.
+        os.execv(sys.executable, [sys.executable, "-m", "cli.node_cmd", *sys.argv[2:]])
     try:
         return _node(args)
     except (DeployError, NodeConfigError) as e:
@@ -176,9 +186,24 @@ def _node(args: argparse.Namespace) -> int:
         node.stop()
         stop_orphans({node.pid})
     if watch.gave_up_at is not None or watch.reasons or code != 0:
-        reason = _explain(watch.reasons, superlink, args, watch.gave_up_at is not None, watch.node_id is not None)
+        reason = _explain(watch.reasons, superlink, args, watch.gave_up_at is not None, watch.node_id is not None,
+                          code)
         print(f"fgssl node: error: {reason} (SuperNode exit code {code}; log: {state / 'supernode.log'})",
               file=sys.stderr)
         return 1
     _say("the SuperNode stopped")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fgssl node", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except KeyboardInterrupt:
+        print("fgssl node: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,9 +18,11 @@ from fgssl.config import Config
 from fgssl.data.images import ImageSet
 from fgssl.metrics import classification_metrics
 from fgssl.model import FGSSLNet, build_model
+from fgssl.privacy.client_level import ClientLevelAccount
 from fgssl.rundir import RunDir
 from fgssl.train import evaluate
 from strategies.aggregate import SiteUpdate
+from strategies.client_dp import client_dp_aggregate
 from strategies.fgssl_strategy import FGSSLStrategy
 from strategies.flower import from_config, from_record, to_config, to_record
 
@@ -92,10 +94,11 @@ class FederatedRun:
         self.global_ = {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
         # Buffers (running statistics) are averaged but not norm-bounded like weights.
         statistics = [name for name, _ in self.model.named_buffers()]
-        self.strategy = FGSSLStrategy(cfg.federation, list(self.global_), statistics)
+        self.strategy = FGSSLStrategy(cfg.federation, list(self.global_), statistics, cfg.train.freeze_backbone)
         self.timeout = cfg.federation.round_timeout_s
         self.last_eval: dict[str, Any] = {}
         self.epsilon: dict[str, dict[str, float]] = {}
+        self.client_dp = ClientLevelAccount(cfg) if cfg.privacy.mode == "client" else None
 
     def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray], config: dict[str, Any]):
         mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
@@ -106,14 +109,20 @@ class FederatedRun:
         ok: dict[int, dict[str, Any]] = {}
         arrays_by_site: dict[int, dict[str, np.ndarray]] = {}
         failed: dict[int, str] = {}
-        for r in self.grid.send_and_receive(msgs, timeout=self.timeout):
-            site = node_to_site.get(r.metadata.src_node_id, -1)
+        self.replies: dict[int, Message] = {}  # the raw replies with arrays, for Flower's DP wrapper
+        replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
+        # The SuperLink answers for a node it considers dead (src = the SuperLink): match those by the message
+        # they reply to, whose id pushing has set.
+        site_of_message = {m.metadata.message_id: node_to_site[m.metadata.dst_node_id] for m in msgs}
+        for r in replies:
+            site = node_to_site.get(r.metadata.src_node_id, site_of_message.get(r.metadata.reply_to_message_id, -1))
             if r.has_error():
                 failed[site] = f"client error: {r.error.reason.strip()[-300:]}"
                 continue
             ok[site] = from_config(r.content["info"])
             if "arrays" in r.content:
                 arrays_by_site[site] = from_record(r.content["arrays"])
+                self.replies[site] = r
         for site in self.sites:
             if site not in ok and site not in failed:
                 failed[site] = f"no reply within federation.round_timeout_s={self.timeout:.0f}"
@@ -122,14 +131,24 @@ class FederatedRun:
     def train_round(self, rnd: int) -> dict[int, dict[str, Any]]:
         round_cfg = {**self.strategy.round_config(rnd, self.cfg.seed), "run_id": self.run_dir.path.name}
         keys = self.strategy.keys_to_send(round_cfg["phase"])
-        info, arrays, failed = self._send("train", rnd, {k: self.global_[k] for k in keys}, round_cfg)
+        sent = {k: self.global_[k] for k in keys}
+        info, arrays, failed = self._send("train", rnd, sent, round_cfg)
         for site, rec in info.items():
             if "refused" in rec:  # over its privacy budget: a non-participant this round, not a fault
                 failed[site] = f"refused: {rec['refused']}"
-        updates = [SiteUpdate(str(s), arrays[s], int(info[s]["num_examples"]), info[s])
-                   for s in sorted(arrays) if arrays[s]]
-        outcome = self.strategy.aggregate_round(rnd, self.global_, updates,
-                                                {str(s): r for s, r in failed.items()})
+        if self.client_dp is not None:
+            replies = {s: r for s, r in self.replies.items() if s not in failed}
+            outcome = client_dp_aggregate(self.strategy, self.sites, rnd, self.global_, sent, replies,
+                                          {str(s): r for s, r in failed.items()},
+                                          noise_multiplier=self.client_dp.noise_multiplier,
+                                          clipping_norm=self.client_dp.clip_norm, grid=self.grid)
+            for site in outcome.accepted:
+                info[int(site)].update(self.client_dp.release(site))
+        else:
+            updates = [SiteUpdate(str(s), arrays[s], int(info[s]["num_examples"]), info[s])
+                       for s in sorted(arrays) if arrays[s]]
+            outcome = self.strategy.aggregate_round(rnd, self.global_, updates,
+                                                    {str(s): r for s, r in failed.items()})
         self.global_ = outcome.new_global
         records = {}
         for site in self.sites:
@@ -177,6 +196,10 @@ class FederatedRun:
                 self.global_, start = ckpt.global_arrays, ckpt.round + 1
                 self.strategy.load_state_dict(ckpt.strategy_state)
                 self.run_dir.truncate_metrics(lambda rec: int(rec.get("round", 0)) <= ckpt.round)
+                if self.client_dp is not None:  # rounds already released still count after a restart
+                    for rec in self.run_dir.read_metrics():
+                        if rec.get("status") == "accepted" and rec.get("site") != "pooled":
+                            self.client_dp.release(str(rec["site"]))
                 self.say(f"resuming after round {ckpt.round} of {fed.total_rounds}")
         started = time.time()
         for rnd in range(start, fed.total_rounds + 1):
@@ -220,6 +243,17 @@ def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]]) -> dict[s
     if p.mode == "none":
         return {"guarantee": "none", "text": "No differential privacy: updates are plain model weights."}
     worst = max((v["epsilon"] for v in spent.values()), default=0.0)
+    if p.mode == "client":
+        return {"guarantee": "client-level", "accountant": p.accountant, "per_site": spent,
+                "max_epsilon_spent": worst, "clip_norm": p.client_clip_norm,
+                "text": (f"Client-level (ε, δ)-DP: the sequence of global models is (ε, δ)-DP with respect to adding "
+                         f"or removing one site's whole contribution (all its images at once), with ε per site as "
+                         f"listed (at most {worst:.2f}) and δ as listed ({p.accountant.upper()} accountant, one "
+                         f"Gaussian release per round the site took part in). The server clips each site's update to "
+                         f"norm {p.client_clip_norm:g} and adds the noise (Flower's server-side fixed-clipping "
+                         f"wrapper), so the server itself sees the individual updates: this protects against everyone "
+                         f"who sees the global models, not against the server. The set of sites that replied and "
+                         f"evaluation metrics are reported without noise.")}
     return {"guarantee": "sample-level", "accountant": p.accountant, "per_site": spent, "max_epsilon_spent": worst,
             "text": (f"Sample-level (ε, δ)-DP at every site: each site's released updates over all rounds are "
                      f"(ε, δ)-DP with respect to adding or removing one training image of that site, with ε per site "

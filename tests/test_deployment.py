@@ -1,0 +1,409 @@
+"""A real deployment on loopback: `fgssl serve` (SuperLink, TLS, SuperNode authentication) and `fgssl node` processes.
+
+One federation serves most tests (each start costs seconds of CPU per process): four hospitals on the synthetic data,
+one of which is SIGKILLed while it trains, plus a node with an unregistered key and one that does not trust the CA.
+Every process is started here and stopped by pid in a finally block; FLWR_HOME lives in the test's tmp folder.
+
+The load check (20 SuperNodes) runs only with FGSSL_LOAD_TEST=1: on 2 cores it takes several minutes (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cli.certs import generate
+
+from .conftest import REPO, TINY, merge
+
+FGSSL = [sys.executable, "-m", "cli.main"]
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "model.safetensors", "checkpoint")
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO), FLWR_HOME=str(tmp / "flwr-home"), TMPDIR=str(tmp),
+                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0")
+
+
+class Proc:
+    """A command whose output goes to a file that the test reads as it grows."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        self._file = open(log, "w")
+        self.popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._file, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+
+    @property
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if m := re.search(pattern, self.text):
+                return m
+            if self.popen.poll() is not None:
+                raise AssertionError(f"exited ({self.popen.returncode}) before /{pattern}/:\n{self.text[-3000:]}")
+            time.sleep(0.3)
+        raise AssertionError(f"no /{pattern}/ within {timeout:.0f} s:\n{self.text[-3000:]}")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout:.0f} s:\n{self.text[-3000:]}") from None
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM (the command stops its own SuperLink/SuperNode), SIGKILL to its group after `grace` s."""
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        self._file.close()
+
+
+def _pids_mentioning(fragment: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if fragment in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _kill_leftovers(fragment: str) -> list[int]:
+    """Last resort after a failure: anything still running with this test's tmp path on its command line."""
+    left = _pids_mentioning(fragment)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def _node_args(port: int, ca: Path, key: Path, site: int, state: Path, wait: float) -> list[str]:
+    # `fgssl node` becomes `python -m cli.node_cmd` (light, no torch) at once; starting there saves each node the
+    # detour (test_node_refuses_a_key_others_can_read goes through `fgssl node`).
+    return [sys.executable, "-m", "cli.node_cmd", "--superlink", f"127.0.0.1:{port}", "--ca", str(ca), "--key", str(key),
+            "--site", str(site), "--dataset", "synthetic", "--state-dir", str(state), "--max-wait-time", f"{wait:g}"]
+
+
+def _private_value(path: Path) -> int:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
+    data = path.read_bytes()
+    key = load_ssh_private_key(data, None) if b"OPENSSH" in data else load_pem_private_key(data, None)
+    return key.private_numbers().private_value
+
+
+def _free_port() -> int:
+    from cli.processes import free_port
+    return free_port()
+
+
+@dataclass
+class Federation:
+    tmp: Path
+    run_dir: Path
+    serve: Proc
+    nodes: dict[str, Proc] = field(default_factory=dict)
+    serve_code: int | None = None
+    node_codes: dict[str, int] = field(default_factory=dict)
+    leftovers: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    private_keys: list[Path] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Federation:
+    """Four hospitals (sites 0-3), node 3 SIGKILLed mid-round; an unregistered node; a node with another CA."""
+    t0 = time.monotonic()
+    tmp = tmp_path_factory.mktemp("deploy")
+    env = _env(tmp)
+    certs = generate(tmp / "certs", nodes=6)  # 0-3 hospitals, 4 registered but untrusting, 5 never registered
+    stranger_ca = generate(tmp / "other-certs", nodes=1).ca_cert
+    config = tmp / "config.yaml"
+    config.write_text(yaml.safe_dump(merge(TINY, {"federation": {"sites": 4, "min_nodes": 2,
+                                                                 "round_timeout_s": 240}})))
+    port = _free_port()
+    run_dir = tmp / "run"
+    register = [str(certs.nodes[i].public_key) for i in range(5)]
+    serve = Proc([*FGSSL, "serve", "--certs", str(certs.out), "--address", f"127.0.0.1:{port}", "--register",
+                  *register, "--config", str(config), "--out", str(run_dir)], tmp / "serve.out", env)
+    fed = Federation(tmp, run_dir, serve, private_keys=[n.private_key for n in certs.nodes] +
+                     [certs.server_key, certs.ca_key])
+    try:
+        serve.wait_for(r"registered 5 SuperNode public keys", 90)
+        for i in range(4):
+            # Node 0 waits briefly for a vanished SuperLink so that the test sees it give up by itself.
+            fed.nodes[f"site{i}"] = Proc(_node_args(port, certs.ca_cert, certs.nodes[i].private_key, i,
+                                                    tmp / f"state{i}", 8 if i == 0 else 60),
+                                         tmp / f"node{i}.out", env)
+        fed.nodes["untrusting"] = Proc(
+            _node_args(port, stranger_ca, certs.nodes[4].private_key, 4, tmp / "state-untrusting", 10),
+            tmp / "untrusting.out", env)
+        fed.nodes["unregistered"] = Proc(
+            _node_args(port, certs.ca_cert, certs.nodes[5].private_key, 5, tmp / "state-unregistered", 10),
+            tmp / "unregistered.out", env)
+        victim = fed.nodes["site3"]
+        pid = int(victim.wait_for(r"SuperNode started \(pid (\d+)\)", 60).group(1))
+        victim.wait_for(r"train-1: train message received", 180)
+        os.kill(pid, signal.SIGKILL)  # the SuperNode itself: its ClientApp dies with it, like a crashed host
+        fed.serve_code = serve.wait(300)
+        # Node 0 notices the SuperLink is gone and stops by itself; the others are stopped as Ctrl-C would.
+        fed.node_codes["site0"] = fed.nodes["site0"].wait(60)
+        for name, proc in fed.nodes.items():
+            if name != "site0":
+                proc.stop()
+                fed.node_codes[name] = proc.popen.returncode
+    finally:
+        for proc in [serve, *fed.nodes.values()]:
+            proc.stop()
+        fed.leftovers = _kill_leftovers(str(tmp))
+    fed.seconds = time.monotonic() - t0
+    print(f"\nshared federation: {fed.seconds:.0f} s")
+    return fed
+
+
+@pytest.mark.slow
+def test_tls_authenticated_federation_writes_a_run_directory(federation):
+    f = federation
+    assert f.serve_code == 0, f.serve.text[-4000:]
+    for name in RUN_FILES:
+        assert (f.run_dir / name).exists(), f"{name} missing from {sorted(p.name for p in f.run_dir.iterdir())}"
+    assert (f.run_dir / "superlink.log").stat().st_size > 0
+    summary = json.loads((f.run_dir / "summary.json").read_text())
+    assert summary["command"] == "serve" and summary["rounds"] == 2
+    assert summary["sites"] == 4 and set(summary["final"]) == {"0", "1", "2", "3", "pooled"}
+    assert "eval_error" in summary["final"]["3"]  # dead by evaluation time
+    assert all("balanced_accuracy" in summary["final"][s] for s in ("0", "1", "2", "pooled"))
+    records = [json.loads(line) for line in (f.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {(r["round"], r["site"]) for r in records} >= {(1, "0"), (1, "1"), (1, "2"), (2, "pooled")}
+    out = f.serve.text
+    assert "SuperNode authentication on" in out and "round 2/2 [finetune]" in out
+    assert "stopping the SuperLink" in out
+
+
+@pytest.mark.slow
+def test_node_killed_mid_run_is_dropped_and_the_run_continues(federation):
+    records = [json.loads(line) for line in (federation.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "killed by SIGKILL" in federation.nodes["site3"].text
+    victim = {r["round"]: r for r in records if r["site"] == "3"}
+    assert victim[1]["status"] == "rejected" and "client error" in victim[1]["reason"], victim
+    for rnd in (1, 2):
+        accepted = [r["site"] for r in records if r["round"] == rnd and r.get("status") == "accepted"]
+        assert sorted(accepted) == ["0", "1", "2"], records
+
+
+@pytest.mark.slow
+def test_unregistered_key_is_refused(federation):
+    f = federation
+    node = f.nodes["unregistered"]
+    assert f.node_codes["unregistered"] == 1, node.text
+    assert "refused this node's key" in node.text and "not registered" in node.text
+    assert "Failed to activate SuperNode" in (f.tmp / "state-unregistered" / "supernode.log").read_text()
+    assert re.search(r"activate-node.* 412", (f.run_dir / "superlink.log").read_text())
+    assert "5" not in json.loads((f.run_dir / "summary.json").read_text())["final"]
+
+
+@pytest.mark.slow
+def test_node_that_does_not_trust_the_ca_cannot_connect(federation):
+    f = federation
+    node = f.nodes["untrusting"]
+    assert f.node_codes["untrusting"] == 1, node.text
+    assert "TLS" in node.text and "does not vouch for" in node.text
+    assert "CERTIFICATE_VERIFY_FAILED" in (f.tmp / "state-untrusting" / "supernode.log").read_text()
+    assert "4" not in json.loads((f.run_dir / "summary.json").read_text())["final"]
+
+
+@pytest.mark.slow
+def test_nodes_stop_cleanly_and_leave_no_process(federation):
+    f = federation
+    assert "lost the SuperLink" in f.nodes["site0"].text and f.node_codes["site0"] == 1
+    for name in ("site1", "site2"):
+        assert f.node_codes[name] == 130 and "stopping the SuperNode" in f.nodes[name].text
+    assert f.leftovers == []
+
+
+@pytest.mark.slow
+def test_private_keys_are_private_and_never_logged(federation):
+    f = federation
+    public = "".join(p.read_text() for p in f.tmp.rglob("*") if p.suffix in (".pub", ".crt"))
+    key_files = {p for p in f.tmp.rglob("*.key")}  # every key here, this federation's and the stranger CA's
+    lines = [line for p in key_files for line in p.read_text().splitlines()]
+    secrets = []
+    for key in f.private_keys:
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+        assert stat.S_IMODE(key.parent.stat().st_mode) & 0o077 == 0, key.parent
+        # The key file's own base64 lines (not the format header every key shares, not its public half) and the
+        # private number in hex.
+        secrets += [line for line in key.read_text().splitlines()
+                    if len(line) >= 40 and "-----" not in line and line not in public and lines.count(line) == 1]
+        secrets.append(format(_private_value(key), "x"))
+    assert len(secrets) > 2 * len(f.private_keys)
+    scanned = 0
+    for path in f.tmp.rglob("*"):
+        if path.is_file() and path not in key_files:
+            text = path.read_bytes().decode(errors="replace")
+            scanned += 1
+            leaked = [s for s in secrets if s in text]
+            assert not leaked, f"private key material in {path}"
+    assert scanned > 10
+
+
+def test_node_refuses_a_key_others_can_read(tmp_path):
+    key = generate(tmp_path / "certs", nodes=1).nodes[0].private_key
+    key.chmod(0o644)
+    proc = subprocess.run([*FGSSL, "node", "--superlink", "127.0.0.1:9", "--ca", str(tmp_path / "certs" / "ca.crt"),
+                           "--key", str(key), "--site", "0", "--dataset", "synthetic", "--state-dir",
+                           str(tmp_path / "state")], cwd=REPO, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "readable by other users" in proc.stderr and "chmod 600" in proc.stderr
+
+
+class TreeMemory(threading.Thread):
+    """Samples, once a second, the live processes descended from `roots`: summed RSS and PSS, per kind too.
+
+    Sets `short` (and stops sampling) when the machine's available memory falls under `floor_mib`, so a load check
+    never pushes a shared machine into the OOM killer.
+    """
+
+    def __init__(self, roots: list[int], floor_mib: int = 3072) -> None:
+        super().__init__(daemon=True)
+        self.roots, self.done, self.short = set(roots), threading.Event(), threading.Event()
+        self.floor_kib = floor_mib * 1024
+        self.peak_rss = self.peak_pss = self.peak_procs = 0
+        self.peak_by_kind: dict[str, int] = {}  # kind -> peak summed PSS (KiB)
+        self.max_one: dict[str, int] = {}  # kind -> largest single-process PSS (KiB)
+        self.count_by_kind: dict[str, int] = {}  # kind -> most processes alive at once
+        self.min_available = _meminfo("MemAvailable")
+
+    def add(self, pid: int) -> None:
+        self.roots.add(pid)
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            parent, kind = {}, {}
+            for d in Path("/proc").iterdir():
+                if d.name.isdigit():
+                    try:
+                        text = (d / "stat").read_text()
+                    except OSError:
+                        continue
+                    fields = text[text.rfind(")") + 2:].split()
+                    if fields[0] != "Z":  # zombies hold no memory
+                        parent[int(d.name)] = int(fields[1])
+                        kind[int(d.name)] = text[text.find("(") + 1:text.rfind(")")]
+            tree = set(self.roots) & set(parent)
+            while kids := {p for p, pp in parent.items() if pp in tree} - tree:
+                tree |= kids
+            rss = pss = 0
+            pss_by: dict[str, int] = {}
+            count_by: dict[str, int] = {}
+            for pid in tree:
+                try:
+                    rollup = (Path("/proc") / str(pid) / "smaps_rollup").read_text().splitlines()
+                except OSError:
+                    continue
+                one = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:] if line.endswith("kB")}
+                rss, pss = rss + one.get("Rss", 0), pss + one.get("Pss", 0)
+                k = kind[pid]
+                pss_by[k] = pss_by.get(k, 0) + one.get("Pss", 0)
+                count_by[k] = count_by.get(k, 0) + 1
+                self.max_one[k] = max(self.max_one.get(k, 0), one.get("Pss", 0))
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.peak_procs = max(self.peak_procs, len(tree))
+            for k, v in pss_by.items():
+                self.peak_by_kind[k] = max(self.peak_by_kind.get(k, 0), v)
+                self.count_by_kind[k] = max(self.count_by_kind.get(k, 0), count_by[k])
+            self.min_available = min(self.min_available, _meminfo("MemAvailable"))
+            if self.min_available < self.floor_kib:
+                self.short.set()
+                return
+
+    def figures(self) -> dict[str, object]:
+        return {"peak_rss_mib": self.peak_rss // 1024, "peak_pss_mib": self.peak_pss // 1024,
+                "peak_processes": self.peak_procs,
+                "by_kind": {k: {"peak_pss_mib": v // 1024, "largest_one_mib": self.max_one[k] // 1024,
+                                "most_at_once": self.count_by_kind[k]} for k, v in sorted(self.peak_by_kind.items())}}
+
+
+def _meminfo(field_name: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("FGSSL_LOAD_TEST") != "1",
+                    reason="load check: set FGSSL_LOAD_TEST=1 (and FGSSL_LOAD_NODES, default 20); several minutes")
+def test_load_many_supernodes_three_rounds(tmp_path):
+    """N SuperNodes (default 20) on loopback, 3 rounds of the tiny model, every update accepted; prints time/memory."""
+    n = int(os.environ.get("FGSSL_LOAD_NODES", "20"))
+    t0 = time.monotonic()
+    env = _env(tmp_path)
+    certs = generate(tmp_path / "certs", nodes=n)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(merge(TINY, {
+        "data": {"num_samples": 40 * n},
+        "federation": {"sites": n, "min_nodes": n, "ssl_rounds": 1, "finetune_rounds": 2, "round_timeout_s": 900}})))
+    port = _free_port()
+    run_dir = tmp_path / "run"
+    baseline = _meminfo("MemAvailable")
+    serve = Proc([*FGSSL, "serve", "--certs", str(certs.out), "--address", f"127.0.0.1:{port}", "--config",
+                  str(config), "--out", str(run_dir), "--quiet"], tmp_path / "serve.out", env)
+    memory = TreeMemory([serve.popen.pid])
+    memory.start()
+    nodes: list[Proc] = []
+    try:
+        serve.wait_for(rf"registered {n} SuperNode public keys", 300)
+        t_registered = time.monotonic() - t0
+        for i in range(n):
+            nodes.append(Proc(_node_args(port, certs.ca_cert, certs.nodes[i].private_key, i, tmp_path / f"s{i}", 120),
+                              tmp_path / f"node{i}.out", env))
+            memory.add(nodes[-1].popen.pid)
+        deadline = time.monotonic() + 1800
+        while serve.popen.poll() is None and time.monotonic() < deadline and not memory.short.is_set():
+            time.sleep(1)
+        code = serve.popen.poll()
+    finally:
+        for proc in [serve, *nodes]:
+            proc.stop()
+        memory.done.set()
+        leftovers = _kill_leftovers(str(tmp_path))
+    seconds = time.monotonic() - t0
+    log = (run_dir / "flwr-run.log").read_text() if (run_dir / "flwr-run.log").exists() else ""
+    rounds = [float(m) for m in re.findall(r"round \d+/3 \[\w+\] (\d+)s", log)]
+    figures = {"nodes": n, "total_s": round(seconds), "registered_after_s": round(t_registered), "round_s": rounds,
+               **memory.figures(), "machine_mem_available_drop_mib": (baseline - memory.min_available) // 1024,
+               "aborted_low_memory": memory.short.is_set()}
+    print("\nload figures:", json.dumps(figures))
+    (tmp_path / "load.json").write_text(json.dumps(figures))
+    assert not memory.short.is_set(), f"stopped: the machine ran low on memory {figures}"
+    assert code == 0, serve.text[-4000:]
+    assert leftovers == []
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for rnd in (1, 2, 3):
+        statuses = {r["site"]: r.get("status") for r in records if r["round"] == rnd and r["site"] != "pooled"}
+        assert len(statuses) == n and set(statuses.values()) == {"accepted"}, (rnd, statuses)
