@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fgssl.config import Config, ConfigError, load_config
+from fgssl.data.classes import class_names_of
 from fgssl.rundir import RunDir, default_run_dir
 
 from .common import format_table
@@ -48,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--app", metavar="DIR", help="the Flower app folder (default: this project's source folder)")
     p.add_argument("--start-timeout", type=float, default=60.0, metavar="S",
                    help="seconds the SuperLink may take to start (default: 60)")
+    p.add_argument("--ready-file", metavar="PATH",
+                   help="create PATH once the keys are registered and the app is launched, remove it at the end "
+                        "(a readiness check for orchestrators: nodes that connect earlier are refused)")
 
 
 def resolve_federation_config(args: argparse.Namespace) -> Config:
@@ -87,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     cfg = resolve_federation_config(args)
+    class_names_of(cfg.data)  # the server's only knowledge of the data: fail now, not after the SuperLink started
     certs_dir = Path(args.certs).expanduser().resolve()
     certs = ServerCerts.from_dir(certs_dir)
     host, port = parse_address(args.address, "--address")
@@ -110,6 +115,7 @@ def _serve(args: argparse.Namespace) -> int:
     env = flower_env(flwr_home)
     superlink: Child | None = None
     runner: Child | None = None
+    ready = Path(args.ready_file).expanduser().resolve() if args.ready_file else None
     say(f"fgssl serve: writing to {run_dir.path}")
     try:
         say(f"fgssl serve: starting the SuperLink on {join_address(host, port)} (TLS with {certs.cert.name}, "
@@ -139,6 +145,8 @@ def _serve(args: argparse.Namespace) -> int:
         started = time.time()
         runner = Child("flwr run", flwr_run_command(app, run_config), run_dir.path / "flwr-run.log", env=env,
                        cwd=app, on_line=stream)
+        if ready is not None:
+            ready.write_text(f"{superlink.pid}\n")
         while runner.alive():
             if not superlink.alive():
                 raise DeployError(f"the SuperLink (pid {superlink.pid}) exited with code {superlink.returncode} "
@@ -150,6 +158,8 @@ def _serve(args: argparse.Namespace) -> int:
             raise DeployError(f"the run ended (flwr run exit code {code}) without a summary; see "
                               f"{runner.log_path} and {superlink.log_path}:\n{tail(runner.log_path)}")
     finally:
+        if ready is not None:
+            ready.unlink(missing_ok=True)
         _shutdown(runner, superlink, flwr_home, say)
     _finish(run_dir, say)
     return 0
