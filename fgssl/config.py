@@ -174,6 +174,9 @@ class TrainConfig:
     device: str = "auto"
     # Torch intra-op threads; null = torch's default.
     threads: int | None = None
+    # Keep the backbone at its initial weights (model.weights, e.g. public pretraining): only blocks, heads and
+    # classifiers train and travel. The usual way to make DP-SGD learn on small data (docs/privacy.md).
+    freeze_backbone: bool = False
 
     def validate(self, p: str) -> None:
         _require(self.batch_size >= 2, f"{p}.batch_size", f"must be >= 2, got {self.batch_size}")
@@ -319,7 +322,9 @@ class SimulationConfig:
 class PrivacyConfig:
     """Differential privacy of local training (see docs/privacy.md for what each guarantee protects)."""
     # none: no DP. sample: DP-SGD at every site, (ε, δ) per patient image of that site, composed over all rounds.
-    mode: Literal["none", "sample"] = "none"
+    # client: each site's whole update is clipped and the server adds noise to the average (Flower's central-DP
+    # wrapper); (ε, δ) per site, for many-site federations. Local training is then non-private.
+    mode: Literal["none", "sample", "client"] = "none"
     # σ: noise std / max_grad_norm. Give this or target_epsilon.
     noise_multiplier: float | None = None
     # Derive σ so that each site's planned run (all its rounds) spends at most this ε.
@@ -329,6 +334,8 @@ class PrivacyConfig:
     # null = min(1e-5, 1/(10 n)) for a site with n training images.
     delta: float | None = None
     max_grad_norm: float = 1.0
+    # client mode: L2 bound on each site's update (its change of the weights it sends) per round.
+    client_clip_norm: float = 10.0
     # σ_s of the SSL cross-correlation statistic (noise std / embedding size).
     statistic_noise_multiplier: float = 2.0
     # Expected Poisson batch size (null = train.batch_size).
@@ -339,10 +346,13 @@ class PrivacyConfig:
     batch_reuse: Literal["fresh", "shared"] = "fresh"
 
     def validate(self, p: str) -> None:
-        if self.mode == "sample":
+        _require(self.mode in ("none", "sample", "client"), f"{p}.mode",
+                 f"unknown mode '{self.mode}'; choose from: none, sample, client")
+        if self.mode != "none":
             _require((self.noise_multiplier is None) != (self.target_epsilon is None), f"{p}.noise_multiplier",
                      "give exactly one of privacy.noise_multiplier and privacy.target_epsilon")
-        for k in ("noise_multiplier", "target_epsilon", "max_epsilon", "max_grad_norm", "statistic_noise_multiplier"):
+        for k in ("noise_multiplier", "target_epsilon", "max_epsilon", "max_grad_norm", "statistic_noise_multiplier",
+                  "client_clip_norm"):
             v = getattr(self, k)
             _require(v is None or v > 0, f"{p}.{k}", f"must be > 0, got {v}")
         _require(self.delta is None or 0 < self.delta < 1, f"{p}.delta", f"must be in (0, 1), got {self.delta}")
@@ -375,9 +385,21 @@ class Config:
         min_size = max(self.model.granularities)
         _require(self.data.image_size >= min_size, "data.image_size",
                  f"{self.data.image_size} px is smaller than the largest jigsaw grid ({min_size}x{min_size} tiles)")
-        if self.privacy.mode != "none":
+        if self.privacy.mode == "sample":
             _require(self.model.norm == "group", "model.norm",
                      "must be 'group' under differential privacy (BatchNorm mixes samples; Opacus rejects it)")
+        if self.privacy.mode == "client":
+            _require(self.model.norm == "group", "model.norm",
+                     "must be 'group' under client-level privacy (the noise would land on BatchNorm's running "
+                     "statistics, e.g. make variances negative)")
+        if self.privacy.mode == "client":
+            # The noise is sized for an equal-weight mean of clipped updates, released as it is.
+            fed = self.federation
+            _require(fed.strategy == "fedavg", "federation.strategy",
+                     f"privacy.mode 'client' needs 'fedavg' (averaged with equal weights), got '{fed.strategy}'")
+            _require(fed.server_optimizer == "fedavg" and fed.server_lr in (None, 1.0), "federation.server_optimizer",
+                     "privacy.mode 'client' needs server_optimizer 'fedavg' with server_lr 1 (the noised mean is "
+                     "applied as it is; a stateful server optimiser would carry un-noised updates across rounds)")
         for i, f in enumerate(self.simulation.faults):
             _require(f.site < self.federation.sites, f"simulation.faults[{i}].site",
                      f"site {f.site} does not exist (federation.sites={self.federation.sites})")

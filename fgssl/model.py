@@ -170,7 +170,8 @@ def build_model(cfg: ModelConfig, num_classes: int) -> FGSSLNet:
 
 
 def load_backbone_weights(model: FGSSLNet, path: str | Path) -> list[str]:
-    """Load torchvision ImageNet weights from a local file into the backbone; returns the keys loaded.
+    """Load torchvision ImageNet weights (or this project's model.safetensors) from a local file into the backbone;
+    returns the keys loaded.
 
     Keys whose shapes do not match (e.g. BatchNorm statistics when the model uses GroupNorm) are skipped.
     """
@@ -180,6 +181,9 @@ def load_backbone_weights(model: FGSSLNet, path: str | Path) -> list[str]:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    # A model.safetensors written by this project names the backbone's tensors "backbone.<torchvision key>".
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     own = model.backbone.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:

@@ -45,6 +45,10 @@ def lr_factor(progress: float, schedule: str) -> float:
 def make_optimizer(model: FGSSLNet, cfg: Config, phase: str) -> torch.optim.SGD:
     """SGD with the backbone at `lr_backbone` and new layers at `lr_new`; the SSL stage leaves classifiers alone."""
     backbone, new = model.parameter_groups()
+    if cfg.train.freeze_backbone:
+        for prm in backbone:
+            prm.requires_grad_(False)  # no gradient, no per-sample hooks, no backward through the ResNet
+        backbone = []
     if phase == "ssl":
         skip = {id(p) for p in model.classifiers.parameters()}
         new = [p for p in new if id(p) not in skip]
@@ -55,13 +59,22 @@ def make_optimizer(model: FGSSLNet, cfg: Config, phase: str) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=o.lr_new * scale, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
-def trained_prefixes(phase: str) -> tuple[str, ...]:
+def train_mode(model: FGSSLNet, cfg: Config) -> None:
+    """Training mode, except a frozen backbone, whose BatchNorm statistics must not drift either."""
+    model.train()
+    if cfg.train.freeze_backbone:
+        model.backbone.eval()
+
+
+def trained_prefixes(phase: str, freeze_backbone: bool = False) -> tuple[str, ...]:
     """Parameter-name prefixes a phase changes (the federation aggregates only these)."""
     if phase == "ssl":
-        return ("backbone.", "blocks.", "heads.")
-    if phase == "finetune":
-        return ("backbone.", "blocks.", "heads.", "classifiers.")
-    raise ValueError(f"unknown phase '{phase}'; choose from {', '.join(PHASES)}")
+        prefixes: tuple[str, ...] = ("backbone.", "blocks.", "heads.")
+    elif phase == "finetune":
+        prefixes = ("backbone.", "blocks.", "heads.", "classifiers.")
+    else:
+        raise ValueError(f"unknown phase '{phase}'; choose from {', '.join(PHASES)}")
+    return prefixes[1:] if freeze_backbone else prefixes
 
 
 @dataclass
@@ -132,7 +145,7 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
     if total == 0 or len(data) < 2:
         raise ValueError(f"{len(data)} training examples is too few for one batch of the '{phase}' phase")
     optimizer = make_optimizer(model, cfg, phase)
-    model.train()
+    train_mode(model, cfg)
     sums = np.zeros(4)
     done = 0
     while done < total:

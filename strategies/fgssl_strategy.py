@@ -35,9 +35,12 @@ class RoundOutcome:
 
 
 class FGSSLStrategy:
-    def __init__(self, fed: FederationConfig, all_keys: list[str], statistics: Iterable[str] = ()) -> None:
-        """`statistics`: keys of running statistics (buffers), exempt from norm bounds and clipping."""
+    def __init__(self, fed: FederationConfig, all_keys: list[str], statistics: Iterable[str] = (),
+                 freeze_backbone: bool = False) -> None:
+        """`statistics`: keys of running statistics (buffers), exempt from norm bounds and clipping.
+        `freeze_backbone`: the backbone never trains, so it never travels."""
         self.fed = fed
+        self.freeze_backbone = freeze_backbone
         self.all_keys = list(all_keys)
         self.statistics = frozenset(statistics)
         self.local_keys = keys_matching(self.all_keys, fed.local_groups)
@@ -59,7 +62,8 @@ class FGSSLStrategy:
 
     def keys_to_send(self, phase: str) -> list[str]:
         """Keys the phase trains, minus the site-local groups: what travels in both directions this round."""
-        return shared_keys(self.all_keys, [p + "*" for p in trained_prefixes(phase)], self.fed.local_groups)
+        trained = [p + "*" for p in trained_prefixes(phase, self.freeze_backbone)]
+        return shared_keys(self.all_keys, trained, self.fed.local_groups)
 
     def aggregate_round(self, rnd: int, global_: NamedArrays, updates: list[SiteUpdate],
                         failures: dict[str, str] | None = None) -> RoundOutcome:

@@ -39,7 +39,8 @@ from ..config import Config, ConfigError
 from ..data.images import ImageSet, to_float
 from ..jigsaw import jigsaw
 from ..model import BRANCHES, CONCAT, FGSSLNet
-from ..train import LOSS_NAMES, BatchCallback, LocalResult, lr_factor, make_optimizer, trained_prefixes
+from ..train import (LOSS_NAMES, BatchCallback, LocalResult, lr_factor, make_optimizer, train_mode,
+                     trained_prefixes)
 from .accounting import Mechanism, compose_same_batch, same_batch_steps_sigma
 from .ssl_surrogate import per_sample_normalize, release_direction, surrogate_per_sample
 
@@ -471,7 +472,7 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
     if total < 1:
         raise ValueError(f"nothing to train: epochs={epochs}, max_batches={max_batches}")
     optimizer = make_optimizer(model, cfg, phase)
-    model.train()
+    train_mode(model, cfg)
     lam, variant, w = cfg.loss.bt_lambda, cfg.loss.bt_variant, cfg.loss.concat_weight
     sums, counts = np.zeros(len(BRANCHES)), np.zeros(len(BRANCHES))
     empty = 0
