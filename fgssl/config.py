@@ -164,6 +164,9 @@ class OptimConfig:
         _require(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
 
 
+FREEZABLE = ("backbone", "blocks")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 64
@@ -174,9 +177,9 @@ class TrainConfig:
     device: str = "auto"
     # Torch intra-op threads; null = torch's default.
     threads: int | None = None
-    # Keep the backbone at its initial weights (model.weights, e.g. public pretraining): only blocks, heads and
-    # classifiers train and travel. The usual way to make DP-SGD learn on small data (docs/privacy.md).
-    freeze_backbone: bool = False
+    # Parts kept at their initial weights (model.weights, e.g. public pretraining): they neither train nor travel.
+    # Any of: backbone, blocks. Training only the rest is how DP-SGD learns on small data (docs/privacy.md).
+    frozen: tuple[str, ...] = ()
 
     def validate(self, p: str) -> None:
         _require(self.batch_size >= 2, f"{p}.batch_size", f"must be >= 2, got {self.batch_size}")
@@ -185,6 +188,8 @@ class TrainConfig:
         _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{p}.device",
                  f"must be 'auto', 'cpu' or 'cuda[:N]', got '{self.device}'")
         _require(self.threads is None or self.threads >= 1, f"{p}.threads", f"must be >= 1, got {self.threads}")
+        for i, g in enumerate(self.frozen):
+            _require(g in FREEZABLE, f"{p}.frozen[{i}]", f"unknown part '{g}'; choose from: {', '.join(FREEZABLE)}")
 
 
 @dataclass(frozen=True)

@@ -170,10 +170,12 @@ def build_model(cfg: ModelConfig, num_classes: int) -> FGSSLNet:
 
 
 def load_backbone_weights(model: FGSSLNet, path: str | Path) -> list[str]:
-    """Load torchvision ImageNet weights (or this project's model.safetensors) from a local file into the backbone;
-    returns the keys loaded.
+    """Load pretrained feature-extractor weights from a local file; returns the keys loaded.
 
-    Keys whose shapes do not match (e.g. BatchNorm statistics when the model uses GroupNorm) are skipped.
+    A torchvision ImageNet file fills the backbone. A model.safetensors written by this project (e.g. public
+    pretraining) fills the backbone and the hierarchical blocks; heads and classifiers always start fresh, so what
+    a federation later learns about its labels comes from its own data. Keys whose shapes do not match (e.g.
+    BatchNorm statistics when the model uses GroupNorm) are skipped.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -181,12 +183,12 @@ def load_backbone_weights(model: FGSSLNet, path: str | Path) -> list[str]:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    # A model.safetensors written by this project names the backbone's tensors "backbone.<torchvision key>".
-    if any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    own = model.backbone.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("backbone.") for k in state):
+        state = {f"backbone.{k}": v for k, v in state.items()}
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items()
+              if k.startswith(("backbone.", "blocks.")) and k in own and own[k].shape == v.shape}
     if not usable:
         raise ValueError(f"{path}: no tensor matches the {type(model.backbone).__name__} backbone's keys and shapes")
-    model.backbone.load_state_dict(usable, strict=False)
+    model.load_state_dict(usable, strict=False)
     return sorted(usable)

@@ -45,10 +45,13 @@ def lr_factor(progress: float, schedule: str) -> float:
 def make_optimizer(model: FGSSLNet, cfg: Config, phase: str) -> torch.optim.SGD:
     """SGD with the backbone at `lr_backbone` and new layers at `lr_new`; the SSL stage leaves classifiers alone."""
     backbone, new = model.parameter_groups()
-    if cfg.train.freeze_backbone:
-        for prm in backbone:
-            prm.requires_grad_(False)  # no gradient, no per-sample hooks, no backward through the ResNet
-        backbone = []
+    frozen = set()
+    for part in cfg.train.frozen:
+        for prm in getattr(model, part).parameters():
+            prm.requires_grad_(False)  # no gradient, no per-sample hooks, no backward through it
+            frozen.add(id(prm))
+    backbone = [p for p in backbone if id(p) not in frozen]
+    new = [p for p in new if id(p) not in frozen]
     if phase == "ssl":
         skip = {id(p) for p in model.classifiers.parameters()}
         new = [p for p in new if id(p) not in skip]
@@ -60,13 +63,13 @@ def make_optimizer(model: FGSSLNet, cfg: Config, phase: str) -> torch.optim.SGD:
 
 
 def train_mode(model: FGSSLNet, cfg: Config) -> None:
-    """Training mode, except a frozen backbone, whose BatchNorm statistics must not drift either."""
+    """Training mode, except frozen parts, whose BatchNorm statistics must not drift either."""
     model.train()
-    if cfg.train.freeze_backbone:
-        model.backbone.eval()
+    for part in cfg.train.frozen:
+        getattr(model, part).eval()
 
 
-def trained_prefixes(phase: str, freeze_backbone: bool = False) -> tuple[str, ...]:
+def trained_prefixes(phase: str, frozen: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Parameter-name prefixes a phase changes (the federation aggregates only these)."""
     if phase == "ssl":
         prefixes: tuple[str, ...] = ("backbone.", "blocks.", "heads.")
@@ -74,7 +77,7 @@ def trained_prefixes(phase: str, freeze_backbone: bool = False) -> tuple[str, ..
         prefixes = ("backbone.", "blocks.", "heads.", "classifiers.")
     else:
         raise ValueError(f"unknown phase '{phase}'; choose from {', '.join(PHASES)}")
-    return prefixes[1:] if freeze_backbone else prefixes
+    return tuple(p for p in prefixes if p[:-1] not in frozen)
 
 
 @dataclass

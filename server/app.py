@@ -94,7 +94,7 @@ class FederatedRun:
         self.global_ = {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
         # Buffers (running statistics) are averaged but not norm-bounded like weights.
         statistics = [name for name, _ in self.model.named_buffers()]
-        self.strategy = FGSSLStrategy(cfg.federation, list(self.global_), statistics, cfg.train.freeze_backbone)
+        self.strategy = FGSSLStrategy(cfg.federation, list(self.global_), statistics, cfg.train.frozen)
         self.timeout = cfg.federation.round_timeout_s
         self.last_eval: dict[str, Any] = {}
         self.epsilon: dict[str, dict[str, float]] = {}

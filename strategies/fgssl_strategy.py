@@ -36,11 +36,11 @@ class RoundOutcome:
 
 class FGSSLStrategy:
     def __init__(self, fed: FederationConfig, all_keys: list[str], statistics: Iterable[str] = (),
-                 freeze_backbone: bool = False) -> None:
+                 frozen: tuple[str, ...] = ()) -> None:
         """`statistics`: keys of running statistics (buffers), exempt from norm bounds and clipping.
-        `freeze_backbone`: the backbone never trains, so it never travels."""
+        `frozen`: parts (backbone, blocks) that never train, so never travel."""
         self.fed = fed
-        self.freeze_backbone = freeze_backbone
+        self.frozen = tuple(frozen)
         self.all_keys = list(all_keys)
         self.statistics = frozenset(statistics)
         self.local_keys = keys_matching(self.all_keys, fed.local_groups)
@@ -62,7 +62,7 @@ class FGSSLStrategy:
 
     def keys_to_send(self, phase: str) -> list[str]:
         """Keys the phase trains, minus the site-local groups: what travels in both directions this round."""
-        trained = [p + "*" for p in trained_prefixes(phase, self.freeze_backbone)]
+        trained = [p + "*" for p in trained_prefixes(phase, self.frozen)]
         return shared_keys(self.all_keys, trained, self.fed.local_groups)
 
     def aggregate_round(self, rnd: int, global_: NamedArrays, updates: list[SiteUpdate],

@@ -185,3 +185,39 @@ def test_weights_file_that_does_not_fit_is_refused(tmp_path):
         build_model(small_cfg(model__weights=str(path)).model, 3)
     with pytest.raises(ConfigError, match="model.weights"):
         small_cfg(model__weights=str(tmp_path / "missing.pth"))
+
+
+def test_a_project_model_file_fills_backbone_and_blocks_but_not_heads(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    public = build_model(small_cfg(model__norm="group").model, 3)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in public.state_dict().items()}, str(path))
+    torch.manual_seed(6)
+    model = build_model(small_cfg(model__norm="group", model__weights=str(path)).model, 3)
+    mine, theirs = model.state_dict(), public.state_dict()
+    assert torch.equal(mine["backbone.layer4.1.conv2.weight"], theirs["backbone.layer4.1.conv2.weight"])
+    assert torch.equal(mine["blocks.2.conv.1.0.weight"], theirs["blocks.2.conv.1.0.weight"])
+    assert not torch.equal(mine["heads.3.net.1.weight"], theirs["heads.3.net.1.weight"])
+    assert not torch.equal(mine["classifiers.0.weight"], theirs["classifiers.0.weight"])
+
+
+def test_frozen_parts_do_not_train_and_do_not_travel():
+    from fgssl.train import trained_prefixes
+    from strategies.fgssl_strategy import FGSSLStrategy
+
+    cfg = small_cfg(train__frozen=["backbone", "blocks"])
+    model = build_model(cfg.model, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(8, 3, 32, 32)
+    data = ImageSet((x * 255).to(torch.uint8), torch.arange(8) % 3, ["a", "b", "c"])
+    train_local(model, data, "finetune", cfg, max_batches=2)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("backbone.", "blocks.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("classifiers."))
+    assert trained_prefixes("finetune", cfg.train.frozen) == ("heads.", "classifiers.")
+    sent = FGSSLStrategy(cfg.federation, list(before), frozen=cfg.train.frozen).keys_to_send("finetune")
+    assert sent and all(k.startswith(("heads.", "classifiers.")) for k in sent)
+    with pytest.raises(ConfigError, match="train.frozen"):
+        small_cfg(train__frozen=["heads"])
