@@ -141,7 +141,7 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
-def stop_orphans(known: set[int], grace: float = 5.0) -> list[int]:
+def stop_orphans(known: set[int], grace: float = 3.0) -> list[int]:
     """Stop and reap descendants re-parented to this process (see `become_subreaper`) that are not in `known`.
 
     They are Flower helpers whose parent we already stopped; most end by themselves once they notice, so they get

@@ -8,6 +8,7 @@ SuperLink by pid at the end, on Ctrl-C / SIGTERM, or with a clear error when som
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import signal
@@ -20,6 +21,7 @@ from typing import Any, Callable
 from fgssl.config import Config, ConfigError, load_config
 from fgssl.data.classes import class_names_of
 from fgssl.rundir import RunDir, default_run_dir
+from server.deployment import config_to_run_value
 
 from .common import format_table
 from .federation import (DeployError, ServerCerts, find_public_keys, flower_env, flwr_run_command, join_address,
@@ -103,7 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     run_dir = RunDir(Path(args.out or default_run_dir("serve")).resolve())
     run_dir.write_config(cfg)
-    say = print
+    say = functools.partial(print, flush=True)  # progress must reach a pipe or log file at once
 
     def stream(line: str) -> None:
         if not args.quiet:
@@ -135,13 +137,13 @@ def _serve(args: argparse.Namespace) -> int:
             say(f"  {key}  (Flower node {node_id})")
 
         run_config = write_run_config(run_dir.path / "run-config.toml", {
-            "deployment": True, "resolved-config": _config_json(cfg), "run-dir": str(run_dir.path),
+            "deployment": True, "resolved-config": config_to_run_value(cfg), "run-dir": str(run_dir.path),
             "config": str(Path(args.config).resolve()) if args.config else "",
             "overrides": ";".join(args.overrides)})
         say(f"fgssl serve: launching the app from {app} (flwr run; log: {run_dir.path / 'flwr-run.log'}); waiting "
             f"for {cfg.federation.sites} hospitals, each started with:")
-        say(f"  fgssl node --superlink <this host>:{port} --ca {certs.ca_cert} --key {certs_dir}/nodes/node_<i>/node.key "
-            "--site <i> --dataset <name> [--root DIR] --state-dir DIR")
+        say(f"  fgssl node --superlink <this host>:{port} --ca {certs.ca_cert} "
+            f"--key {certs_dir}/nodes/node_<i>/node.key --site <i> --dataset <name> [--root DIR] --state-dir DIR")
         started = time.time()
         runner = Child("flwr run", flwr_run_command(app, run_config), run_dir.path / "flwr-run.log", env=env,
                        cwd=app, on_line=stream)
@@ -163,11 +165,6 @@ def _serve(args: argparse.Namespace) -> int:
         _shutdown(runner, superlink, flwr_home, say)
     _finish(run_dir, say)
     return 0
-
-
-def _config_json(cfg: Config) -> str:
-    from server.deployment import config_to_run_value
-    return config_to_run_value(cfg)
 
 
 def _shutdown(runner: Child | None, superlink: Child | None, flwr_home: Path, say: Callable[[str], None]) -> None:

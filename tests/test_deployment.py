@@ -34,7 +34,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "mod
 
 def _env(tmp: Path) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO), FLWR_HOME=str(tmp / "flwr-home"), TMPDIR=str(tmp),
-                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0")
+                PYTHONUNBUFFERED="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0")
 
 
 class Proc:
@@ -104,8 +104,9 @@ def _kill_leftovers(fragment: str) -> list[int]:
 def _node_args(port: int, ca: Path, key: Path, site: int, state: Path, wait: float) -> list[str]:
     # `fgssl node` becomes `python -m cli.node_cmd` (light, no torch) at once; starting there saves each node the
     # detour (test_node_refuses_a_key_others_can_read goes through `fgssl node`).
-    return [sys.executable, "-m", "cli.node_cmd", "--superlink", f"127.0.0.1:{port}", "--ca", str(ca), "--key", str(key),
-            "--site", str(site), "--dataset", "synthetic", "--state-dir", str(state), "--max-wait-time", f"{wait:g}"]
+    return [sys.executable, "-m", "cli.node_cmd", "--superlink", f"127.0.0.1:{port}", "--ca", str(ca),
+            "--key", str(key), "--site", str(site), "--dataset", "synthetic", "--state-dir", str(state),
+            "--max-wait-time", f"{wait:g}"]
 
 
 def _private_value(path: Path) -> int:
@@ -268,6 +269,45 @@ def test_private_keys_are_private_and_never_logged(federation):
             leaked = [s for s in secrets if s in text]
             assert not leaked, f"private key material in {path}"
     assert scanned > 10
+
+
+def _serve_waiting(tmp_path: Path, app_running: bool) -> tuple[Proc, int]:
+    """`fgssl serve` up to the launch of the app (or until its ServerApp waits for hospitals, which never come);
+    returns it and the SuperLink's pid."""
+    certs = generate(tmp_path / "certs", nodes=1)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(merge(TINY, {"federation": {"sites": 1, "min_nodes": 1}})))
+    serve = Proc([*FGSSL, "serve", "--certs", str(certs.out), "--address", f"127.0.0.1:{_free_port()}",
+                  "--config", str(config), "--out", str(tmp_path / "run")], tmp_path / "serve.out", _env(tmp_path))
+    pid = int(serve.wait_for(r"SuperLink up \(pid (\d+)\)", 90).group(1))
+    serve.wait_for(r"waiting up to \d+ s for 1 SuperNodes" if app_running else "launching the app", 90)
+    return serve, pid
+
+
+@pytest.mark.slow
+def test_serve_stops_everything_on_ctrl_c(tmp_path):
+    serve, superlink = _serve_waiting(tmp_path, app_running=True)
+    try:
+        os.kill(serve.popen.pid, signal.SIGINT)
+        assert serve.wait(60) == 130
+    finally:
+        serve.stop()
+        left = _kill_leftovers(str(tmp_path))
+    assert f"stopping the SuperLink (pid {superlink})" in serve.text and "interrupted" in serve.text
+    assert not Path(f"/proc/{superlink}").exists() and left == []
+
+
+@pytest.mark.slow
+def test_serve_fails_clearly_when_the_superlink_dies(tmp_path):
+    serve, superlink = _serve_waiting(tmp_path, app_running=False)
+    try:
+        os.kill(superlink, signal.SIGKILL)
+        assert serve.wait(60) == 1
+    finally:
+        serve.stop()
+        left = _kill_leftovers(str(tmp_path))
+    assert f"the SuperLink (pid {superlink}) exited with code -9 during the run" in serve.text
+    assert "superlink.log" in serve.text and left == []
 
 
 def test_node_refuses_a_key_others_can_read(tmp_path):
