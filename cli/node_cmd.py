@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", required=True, metavar="DIR",
                    help="this node's state: privacy ledger, image cache, site-local weights, logs")
     p.add_argument("--max-epsilon", type=float, metavar="EPS",
-                   help="the most ε this hospital ever spends (sample-level DP); it refuses rounds beyond it and "
-                        "does not train in runs without DP")
+                   help="the most ε of sample-level DP this hospital ever spends; it refuses rounds beyond it and "
+                        "does not train in runs without privacy.mode=sample")
     p.add_argument("--csv", help="folder data: the CSV of image paths and labels (relative to --root)")
     p.add_argument("--path-column", help="folder data: the CSV column of image paths")
     p.add_argument("--label-column", help="folder data: the CSV column of labels")

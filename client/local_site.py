@@ -36,9 +36,12 @@ def local_config(cfg: Config, node: NodeSettings) -> Config:
         data.update(csv=None, group_column=None, class_names=[])
     privacy = raw["privacy"]
     if node.max_epsilon is not None:
-        if privacy["mode"] == "none":
-            raise NodeConfigError("max-epsilon", f"this node spends at most ε={node.max_epsilon:g}, but the run has "
-                                  "privacy.mode=none (no differential privacy), so it does not train in this run")
+        if privacy["mode"] != "sample":
+            # Only sample-level DP is noised here and counted in this node's own ledger; client-level DP is the
+            # server's noise and the server's accounting, which a hospital cannot hold to its budget.
+            raise NodeConfigError("max-epsilon", f"this node spends at most ε={node.max_epsilon:g} of sample-level "
+                                  f"DP, which it enforces itself, but the run has privacy.mode={privacy['mode']}, so "
+                                  "it does not train in this run")
         ceiling = privacy.get("max_epsilon")
         # The stricter of the hospital's budget and the federation's.
         privacy["max_epsilon"] = node.max_epsilon if ceiling is None else min(float(ceiling), node.max_epsilon)

@@ -47,6 +47,9 @@ def test_the_stricter_budget_wins_and_no_dp_means_no_training(tmp_path):
                         ).privacy.max_epsilon == 8.0
     with pytest.raises(NodeConfigError, match="privacy.mode=none"):
         local_config(load_config(None), node)
+    client_dp = load_config(None, ["privacy.mode=client", "privacy.noise_multiplier=1.0", "model.norm=group"])
+    with pytest.raises(NodeConfigError, match="privacy.mode=client"):
+        local_config(client_dp, node)
 
 
 def test_a_node_reads_its_own_dataset_into_its_state_dir(tmp_path):
