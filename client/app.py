@@ -11,6 +11,7 @@ from fgssl.config import Config
 from strategies.flower import from_config, from_record, to_config, to_record
 
 from .site import SiteProvider, evaluate_global, train_round
+from .secagg_app import is_secure_fit, secagg_router, secure_fit_reply
 
 
 def _site_id(context: Context) -> int:
@@ -29,10 +30,12 @@ def make_client_app(resolve: Resolver) -> ClientApp:
         """Identity handshake: the server keys everything by site id, never by Flower's random node ids."""
         return Message(RecordDict({"site": ConfigRecord({"site": _site_id(context)})}), reply_to=msg)
 
-    @app.train()
+    @app.train(mods=[secagg_router])
     def train(msg: Message, context: Context) -> Message:
         cfg, sites = resolve(context)
         site = _site_id(context)
+        if is_secure_fit(msg):
+            return secure_fit_reply(msg, cfg, sites, site)
         round_cfg = from_config(msg.content["config"])
         arrays, info = train_round(cfg, sites, site, from_record(msg.content["arrays"]), round_cfg)
         metrics = {k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

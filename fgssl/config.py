@@ -230,6 +230,7 @@ class FaultConfig:
 
 AGGREGATIONS = ("fedavg", "norm_bounded", "trimmed_mean")
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+SECAGG_MODULUS = 2**32  # Flower's SecAgg+ modulus_range default, kept as it is
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,49 @@ class FederationConfig:
     max_update_norm: float | None = 1000.0
     min_nodes: int = 2
     round_timeout_s: float = 3600.0
+    # Secure aggregation (Flower's SecAgg+, see README "Secure aggregation"): each site sends its change of the weights
+    # it was sent, clipped per coordinate to [-secagg_clipping_range, secagg_clipping_range], quantised to
+    # secagg_quantization_range levels and masked; the server only learns the equal-weight mean of the changes, exact
+    # up to 2 * clipping_range / quantization_range per coordinate. The server never sees one site's update, so it
+    # cannot validate, clip or trim it: needs strategy 'fedavg', no privacy.mode 'client', and model.norm 'group'.
+    secure_aggregation: bool = False
+    # Sites each site's key is shared with, itself included (null = all sites); more tolerates more dropouts.
+    secagg_num_shares: int | None = None
+    # Shares needed to rebuild a key (null = num_shares // 2 + 1); a site's update stays hidden unless this many
+    # holders of its shares collude with the server; each site needs this many live share holders for the round.
+    secagg_reconstruction_threshold: int | None = None
+    secagg_clipping_range: float = 1.0
+    secagg_quantization_range: int = 4194304
+
+    @property
+    def secagg_shares(self) -> int:
+        return self.secagg_num_shares if self.secagg_num_shares is not None else self.sites
+
+    @property
+    def secagg_threshold(self) -> int:
+        t = self.secagg_reconstruction_threshold
+        return t if t is not None else self.secagg_shares // 2 + 1
+
+    def _validate_secagg(self, p: str) -> None:
+        _require(self.sites >= 3, f"{p}.sites", f"secure aggregation needs at least 3 sites (with 2, the sum reveals "
+                                                f"each site's update to the other), got {self.sites}")
+        _require(self.min_nodes >= 2, f"{p}.min_nodes",
+                 "must be >= 2 under secure aggregation (the 'sum' of one site is that site's update)")
+        _require(self.strategy == "fedavg", f"{p}.strategy",
+                 f"'{self.strategy}' needs every site's own update (to clip or trim it), but under secure aggregation "
+                 "the server only sees their sum; use 'fedavg' (secagg_clipping_range bounds each site instead)")
+        shares = self.secagg_shares
+        _require(3 <= shares <= self.sites, f"{p}.secagg_num_shares",
+                 f"must be between 3 and federation.sites={self.sites}, got {shares}")
+        _require(2 <= self.secagg_threshold < shares, f"{p}.secagg_reconstruction_threshold",
+                 f"must be >= 2 and less than secagg_num_shares={shares}, got {self.secagg_threshold}")
+        _require(self.secagg_clipping_range > 0, f"{p}.secagg_clipping_range",
+                 f"must be > 0, got {self.secagg_clipping_range}")
+        q = self.secagg_quantization_range
+        _require(q >= 2, f"{p}.secagg_quantization_range", f"must be >= 2, got {q}")
+        # Each site adds an integer in [0, q]; the masked sum lives modulo 2**32 and must not wrap.
+        _require(self.sites * q < SECAGG_MODULUS, f"{p}.secagg_quantization_range",
+                 f"federation.sites * secagg_quantization_range must be < 2**32, got {self.sites} * {q}")
 
     def validate(self, p: str) -> None:
         _require(self.sites >= 1, f"{p}.sites", f"must be >= 1, got {self.sites}")
@@ -281,6 +325,8 @@ class FederationConfig:
         _require(self.min_nodes <= self.sites, f"{p}.min_nodes",
                  f"min_nodes={self.min_nodes} is more than the {self.sites} sites of the federation")
         _require(self.round_timeout_s > 0, f"{p}.round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
+        if self.secure_aggregation:
+            self._validate_secagg(p)
 
     @property
     def total_rounds(self) -> int:
@@ -405,6 +451,13 @@ class Config:
             _require(fed.server_optimizer == "fedavg" and fed.server_lr in (None, 1.0), "federation.server_optimizer",
                      "privacy.mode 'client' needs server_optimizer 'fedavg' with server_lr 1 (the noised mean is "
                      "applied as it is; a stateful server optimiser would carry un-noised updates across rounds)")
+        if self.federation.secure_aggregation:
+            _require(self.privacy.mode != "client", "privacy.mode",
+                     "'client' cannot be combined with federation.secure_aggregation: client-level DP clips and noises "
+                     "each site's update on the server, which under secure aggregation never sees one (use 'sample')")
+            _require(self.model.norm == "group", "model.norm",
+                     "must be 'group' under secure aggregation (BatchNorm's counters and running statistics are not "
+                     "small bounded changes, so they would be clipped away)")
         for i, f in enumerate(self.simulation.faults):
             _require(f.site < self.federation.sites, f"simulation.faults[{i}].site",
                      f"site {f.site} does not exist (federation.sites={self.federation.sites})")

@@ -23,8 +23,9 @@ from fgssl.rundir import RunDir
 from fgssl.train import evaluate
 from strategies.aggregate import SiteUpdate
 from strategies.client_dp import client_dp_aggregate
-from strategies.fgssl_strategy import FGSSLStrategy
+from strategies.fgssl_strategy import FGSSLStrategy, RoundOutcome
 from strategies.flower import from_config, from_record, to_config, to_record
+from strategies.secagg import secure_round
 
 from .checkpoint import load_checkpoint, save_checkpoint
 
@@ -132,6 +133,9 @@ class FederatedRun:
         round_cfg = {**self.strategy.round_config(rnd, self.cfg.seed), "run_id": self.run_dir.path.name}
         keys = self.strategy.keys_to_send(round_cfg["phase"])
         sent = {k: self.global_[k] for k in keys}
+        if self.cfg.federation.secure_aggregation:  # the server learns only the mean change, through SecAgg+
+            outcome, info = secure_round(self.strategy, self.grid, self.sites, rnd, self.global_, sent, round_cfg)
+            return self._finish_train_round(outcome, info)
         info, arrays, failed = self._send("train", rnd, sent, round_cfg)
         for site, rec in info.items():
             if "refused" in rec:  # over its privacy budget: a non-participant this round, not a fault
@@ -149,6 +153,9 @@ class FederatedRun:
                        for s in sorted(arrays) if arrays[s]]
             outcome = self.strategy.aggregate_round(rnd, self.global_, updates,
                                                     {str(s): r for s, r in failed.items()})
+        return self._finish_train_round(outcome, info)
+
+    def _finish_train_round(self, outcome: RoundOutcome, info: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
         self.global_ = outcome.new_global
         records = {}
         for site in self.sites:

@@ -81,10 +81,7 @@ class FGSSLStrategy:
             else:
                 rejected[u.site] = reason
                 log.warning("round %d: dropped the update of site %s: %s", rnd, u.site, reason)
-        if len(good) < self.fed.min_nodes:
-            detail = "; ".join(f"site {s}: {r}" for s, r in sorted(rejected.items())) or "no replies"
-            raise RoundFailed(f"round {rnd}: {len(good)} acceptable update(s), fewer than "
-                              f"federation.min_nodes={self.fed.min_nodes} ({detail})")
+        self.require_enough(rnd, len(good), rejected)
         params: dict[str, Any] = {}
         if self.fed.strategy == "norm_bounded":
             params["max_norm"] = self.fed.clip_norm
@@ -94,6 +91,28 @@ class FGSSLStrategy:
         agg = aggregate(good, reference, self.fed.strategy, **params)
         new_global = self.server_opt.step(global_, agg)
         return RoundOutcome(new_global, [u.site for u in good], rejected)
+
+    def require_enough(self, rnd: int, accepted: int, rejected: dict[str, str]) -> None:
+        """RoundFailed, with every site's reason, when fewer than federation.min_nodes updates are usable."""
+        if accepted < self.fed.min_nodes:
+            detail = "; ".join(f"site {s}: {r}" for s, r in sorted(rejected.items())) or "no replies"
+            raise RoundFailed(f"round {rnd}: {accepted} acceptable update(s), fewer than "
+                              f"federation.min_nodes={self.fed.min_nodes} ({detail})")
+
+    def apply_mean_delta(self, rnd: int, global_: NamedArrays, mean_delta: NamedArrays, accepted: list[str],
+                         rejected: dict[str, str]) -> RoundOutcome:
+        """The round's end when only the mean change is known (secure aggregation): the same server optimiser step
+        as `aggregate_round`, on exactly the keys that travelled this round."""
+        keys = self.keys_to_send(self.fed.phase_of(rnd))
+        if set(mean_delta) != set(keys):
+            raise ValueError(f"round {rnd}: the mean change covers other keys than the ones sent")
+        self.require_enough(rnd, len(accepted), rejected)
+        # float64 on purpose: the optimiser subtracts the global again, and a float32 round trip would blur the step.
+        agg = {k: global_[k].astype(np.float64) + np.asarray(mean_delta[k], dtype=np.float64) for k in keys}
+        for k, v in agg.items():
+            if not np.issubdtype(global_[k].dtype, np.floating):
+                agg[k] = np.rint(v)
+        return RoundOutcome(self.server_opt.step(global_, agg), sorted(accepted), dict(rejected))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.server_opt.state_dict().items()}
