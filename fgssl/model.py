@@ -128,7 +128,10 @@ class FGSSLNet(nn.Module):
         self.blocks = nn.ModuleList(
             HierarchicalBlock(w, cfg.block_mid_channels, cfg.block_out_channels, norm) for w in widths)
         head_inputs = [cfg.block_out_channels] * 3 + [3 * cfg.block_out_channels]
-        self.heads = nn.ModuleList(EmbeddingHead(c, cfg.embed_dim, norm) for c in head_inputs)
+        # On vectors, GroupNorm with few channels per group throws the values away (a group of two normalises to
+        # ±1): the heads normalise each vector as one group (layer-norm style, still per sample).
+        vector_norm = norm_factory(cfg.norm, 1) if cfg.norm == "group" else norm
+        self.heads = nn.ModuleList(EmbeddingHead(c, cfg.embed_dim, vector_norm) for c in head_inputs)
         self.classifiers = nn.ModuleList(nn.Linear(cfg.embed_dim, num_classes) for _ in BRANCHES)
         self.num_classes = num_classes
 
