@@ -107,6 +107,9 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet18"
     norm: Literal["batch", "group"] = "batch"
+    # Norm of the embedding heads (null = norm). 'group' with a frozen BatchNorm backbone and blocks is how DP
+    # trains on public features: the frozen BatchNorm is a fixed function in eval mode, the trained part is per-sample.
+    head_norm: Literal["batch", "group"] | None = None
     # 'imagenet': torchvision's stem (stride 4: conv + max-pool); 'small': no max-pool (stride 2), for small images.
     stem: Literal["imagenet", "small"] = "imagenet"
     # Jigsaw grid size n (n x n tiles) for the blocks on layer2, layer3, layer4.
@@ -128,7 +131,10 @@ class ModelConfig:
         for k in ("block_mid_channels", "block_out_channels", "embed_dim", "groups"):
             _require(getattr(self, k) >= 1, f"{p}.{k}", f"must be >= 1, got {getattr(self, k)}")
         if self.weights is not None:
-            _require(Path(self.weights).is_file(), f"{p}.weights", f"file not found: {self.weights}")
+            _require(Path(self.weights).is_file(), f"{p}.weights",
+                     f"file not found: {self.weights} (a local torchvision state dict, or the model.safetensors of "
+                     f"an `fgssl train` run, e.g. on public data: simulations/configs/public_pretrain.yaml; "
+                     f"nothing is downloaded)")
 
 
 @dataclass(frozen=True)
@@ -437,10 +443,14 @@ class Config:
         _require(self.data.image_size >= min_size, "data.image_size",
                  f"{self.data.image_size} px is smaller than the largest jigsaw grid ({min_size}x{min_size} tiles)")
         if self.privacy.mode == "sample":
-            _require(self.model.norm == "group", "model.norm",
-                     "must be 'group' under differential privacy (BatchNorm mixes samples; Opacus rejects it)")
+            m = self.model
+            frozen_batch_norm = {"backbone", "blocks"} <= set(self.train.frozen) and m.head_norm == "group"
+            _require(m.norm == "group" and m.head_norm in (None, "group") or frozen_batch_norm, "model.norm",
+                     "must be 'group' under differential privacy (BatchNorm mixes samples; Opacus rejects it), or "
+                     "'batch' only for a frozen backbone and blocks (train.frozen: [backbone, blocks]) with "
+                     "model.head_norm: group")
         if self.privacy.mode == "client":
-            _require(self.model.norm == "group", "model.norm",
+            _require(self.model.norm == "group" and self.model.head_norm in (None, "group"), "model.norm",
                      "must be 'group' under client-level privacy (the noise would land on BatchNorm's running "
                      "statistics, e.g. make variances negative)")
         if self.privacy.mode == "client":

@@ -130,7 +130,8 @@ class FGSSLNet(nn.Module):
         head_inputs = [cfg.block_out_channels] * 3 + [3 * cfg.block_out_channels]
         # On vectors, GroupNorm with few channels per group throws the values away (a group of two normalises to
         # ±1): the heads normalise each vector as one group (layer-norm style, still per sample).
-        vector_norm = norm_factory(cfg.norm, 1) if cfg.norm == "group" else norm
+        head_norm = cfg.head_norm or cfg.norm
+        vector_norm = norm_factory("group", 1) if head_norm == "group" else norm_factory("batch", cfg.groups)
         self.heads = nn.ModuleList(EmbeddingHead(c, cfg.embed_dim, vector_norm) for c in head_inputs)
         self.classifiers = nn.ModuleList(nn.Linear(cfg.embed_dim, num_classes) for _ in BRANCHES)
         self.num_classes = num_classes

@@ -203,11 +203,16 @@ class FederatedRun:
                 self.global_, start = ckpt.global_arrays, ckpt.round + 1
                 self.strategy.load_state_dict(ckpt.strategy_state)
                 self.run_dir.truncate_metrics(lambda rec: int(rec.get("round", 0)) <= ckpt.round)
-                if self.client_dp is not None:  # rounds already released still count after a restart
-                    for rec in self.run_dir.read_metrics():
-                        if rec.get("status") == "accepted" and rec.get("site") != "pooled":
-                            self.client_dp.release(str(rec["site"]))
+                for rec in self.run_dir.read_metrics():
+                    if rec.get("site") == "pooled":
+                        continue
+                    if "epsilon" in rec:  # what each site has spent so far, for the summary
+                        self.epsilon[str(rec["site"])] = {"epsilon": rec["epsilon"], "delta": rec["delta"]}
+                    if self.client_dp is not None and rec.get("status") == "accepted":
+                        self.client_dp.release(str(rec["site"]))  # released rounds still count after a restart
                 self.say(f"resuming after round {ckpt.round} of {fed.total_rounds}")
+                if start > fed.total_rounds:  # stopped between the last checkpoint and the summary
+                    self.last_eval = self.evaluate_round(fed.total_rounds)
         started = time.time()
         for rnd in range(start, fed.total_rounds + 1):
             t0 = time.time()

@@ -312,3 +312,30 @@ def test_bad_settings_name_the_privacy_key(field, value):
     with pytest.raises(ConfigError) as err:
         DPSettings(**{field: value}).validate()
     assert err.value.key == f"privacy.{field}"
+
+
+def test_a_frozen_batchnorm_feature_extractor_is_a_fixed_function_and_may_stay():
+    """Public-pretrained BatchNorm backbone and blocks, frozen in eval mode; only GroupNorm heads train under DP."""
+    cfg = tiny_cfg(model={"norm": "batch", "head_norm": "group"}, train={"frozen": ["backbone", "blocks"]})
+    model = tiny_model(cfg, seed=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    records = []
+    dp = DPSettings(noise_multiplier=1.0, max_grad_norm=0.05)
+    dp_train_local(model, tiny_data(), "finetune", cfg, dp, max_batches=1,
+                   generator=torch.Generator().manual_seed(2), observer=records.append)
+    after = model.state_dict()
+    # BatchNorm statistics and weights of the frozen parts are untouched (eval mode, no gradient)
+    assert all(torch.equal(before[k], after[k]) for k in after if k.startswith(("backbone.", "blocks.")))
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("classifiers."))
+    assert all(not n.startswith(("backbone.", "blocks.")) for r in records for n in r.param_names)
+    for r in records:
+        if r.batch_size:
+            norms = torch.stack([c.reshape(r.batch_size, -1).norm(dim=1) for c in r.clipped], 1).norm(dim=1)
+            assert norms.max().item() <= dp.max_grad_norm * (1 + 1e-5)
+    # only backbone frozen: the blocks' BatchNorm would train and couple samples
+    with pytest.raises(ConfigError, match="model.norm"):
+        tiny_cfg(model={"norm": "batch", "head_norm": "group"}, train={"frozen": ["backbone"]},
+                 privacy={"mode": "sample", "noise_multiplier": 1.0})
+    partly = tiny_cfg(model={"norm": "batch", "head_norm": "group"}, train={"frozen": ["backbone"]})
+    with pytest.raises(ConfigError, match="model.norm"):
+        dp_train_local(tiny_model(partly), tiny_data(), "finetune", partly, dp, max_batches=1)

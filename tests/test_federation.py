@@ -143,6 +143,13 @@ def test_resume_after_a_kill_gives_the_same_final_weights(tiny_config, tmp_path)
     assert len(rounds) == len(set(rounds)), "a resumed round was logged twice"
     assert rounds == [(r["round"], r["site"]) for r in _metrics(straight)]
 
+    # Stopped after the last checkpoint but before the summary: resuming recomputes the final metrics.
+    original = json.loads((straight / "summary.json").read_text())
+    (straight / "summary.json").unlink()
+    run_cli("simulate", "--resume", str(straight), "--quiet")
+    again = json.loads((straight / "summary.json").read_text())
+    assert again["final"] == original["final"] and again["final"]["pooled"]["balanced_accuracy"] is not None
+
 
 @pytest.mark.parametrize("override,key", [
     ("federation.strategy=krum", "federation.strategy"),

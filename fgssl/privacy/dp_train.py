@@ -157,8 +157,14 @@ def plan_mechanism(num_examples: int, phase: str, cfg: Config, dp: DPSettings, *
 # ---------------------------------------------------------------------------------------------------------------
 
 def check_dp_model(model: nn.Module) -> None:
-    """Refuse models whose per-sample gradients would not be per-sample (BatchNorm) or that break Opacus' hooks."""
+    """Refuse models whose per-sample gradients would not be per-sample (BatchNorm) or that break Opacus' hooks.
+
+    A frozen module in eval mode (no trainable parameters of its own) is a fixed function: its BatchNorm uses stored,
+    public statistics and couples no samples, so it is allowed.
+    """
     for name, m in model.named_modules():
+        if not m.training and not any(p.requires_grad for p in m.parameters(recurse=False)):
+            continue
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             raise ValueError(
                 f"DP training refuses this model: '{name}' is a {type(m).__name__} layer. BatchNorm normalises over "
@@ -459,10 +465,9 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
     """
     trained_prefixes(phase)
     dp.validate()
-    if cfg.model.norm != "group":
-        raise ConfigError("model.norm", f"DP training needs 'group' (BatchNorm couples the samples of a batch), "
-                                        f"got '{cfg.model.norm}'")
-    check_dp_model(model)
+    if cfg.model.norm != "group" and not {"backbone", "blocks"} <= set(cfg.train.frozen):
+        raise ConfigError("model.norm", f"DP training needs 'group' (BatchNorm couples the samples of a batch) unless "
+                                        f"backbone and blocks are frozen, got '{cfg.model.norm}'")
     device = device or next(model.parameters()).device
     gen = generator if generator is not None else private_generator(device)
     n = len(data)
@@ -473,6 +478,7 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
         raise ValueError(f"nothing to train: epochs={epochs}, max_batches={max_batches}")
     optimizer = make_optimizer(model, cfg, phase)
     train_mode(model, cfg)
+    check_dp_model(model)  # after freezing: frozen parts in eval mode are fixed functions
     lam, variant, w = cfg.loss.bt_lambda, cfg.loss.bt_variant, cfg.loss.concat_weight
     sums, counts = np.zeros(len(BRANCHES)), np.zeros(len(BRANCHES))
     empty = 0
