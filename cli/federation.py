@@ -44,8 +44,10 @@ def flower_tool(name: str) -> str:
 def flower_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Offline Flower: a private FLWR_HOME, no runtime dependency installs, no telemetry, helpers on PATH."""
     env = dict(os.environ if base is None else base)
+    # INFO: serve and node follow Flower's INFO lines (node ids, received messages); a quieter level inherited
+    # from the caller (simulate sets ERROR) would leave them blind.
     env.update(FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1")
+               FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1", FLWR_LOG_LEVEL="INFO")
     # SuperLink and SuperNode start flower-superexec, flwr-serverapp and flwr-clientapp by name.
     env["PATH"] = os.pathsep.join([str(BIN_DIR), env.get("PATH", "")])
     return env

@@ -33,8 +33,11 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "mod
 
 
 def _env(tmp: Path) -> dict[str, str]:
+    # FLWR_LOG_LEVEL=ERROR is what an in-process `simulate` earlier in the same session leaves behind; serve and
+    # node must still see Flower's INFO lines.
     return dict(os.environ, PYTHONPATH=str(REPO), FLWR_HOME=str(tmp / "flwr-home"), TMPDIR=str(tmp),
-                PYTHONUNBUFFERED="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0")
+                PYTHONUNBUFFERED="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0",
+                FLWR_LOG_LEVEL="ERROR")
 
 
 class Proc:
