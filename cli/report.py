@@ -430,10 +430,13 @@ def _privacy_blocks(run: Run) -> list[Block]:
         blocks.append(("p", "No differential privacy: updates are plain model weights."))
     else:
         worst = max((v[0] for v in last.values()), default=0.0)
+        client = str(priv.get("mode")) == "client"
+        level, unit = ("Client-level", "site's whole data set (the server that adds the noise is trusted)") \
+            if client else ("Sample-level", "training image of that site")
         blocks.append(("p", (
-            f"Sample-level (ε, δ)-DP at every site ({str(priv.get('accountant', '?')).upper()} accountant): each "
+            f"{level} (ε, δ)-DP at every site ({str(priv.get('accountant', '?')).upper()} accountant): each "
             f"site's updates released up to the round listed are (ε, δ)-DP with respect to adding or removing one "
-            f"training image of that site, with ε per site as listed (at most {worst:.2f}). "
+            f"{unit}, with ε per site as listed (at most {worst:.2f}). "
             + ("" if run.finished else "The run did not finish, so these are the values at its last recorded "
                                        "round, not a final statement. ")
             + "It does not hide a whole site's participation, nor evaluation metrics, which are reported "

@@ -144,3 +144,21 @@ def test_report_on_a_run_without_metrics(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no metrics" in err and str(tmp_path) in err
+
+
+def test_a_stopped_client_level_run_is_not_called_sample_level(finished_run, tmp_path):
+    from cli.report import write_report
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "summary.json").unlink()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["privacy"].update(mode="client", noise_multiplier=1.0)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        if r["site"] != "pooled":
+            r.update(epsilon=2.0 * r["round"], delta=1e-5)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    md = write_report(run).markdown.read_text()
+    assert "Client-level (ε, δ)-DP at every site" in md and "Sample-level" not in md
+    assert "whole data set" in md
