@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 from .report import ReportError, load_run
+from .run_files import is_finite_number, read_json_object
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 COLUMNS = ["run", "command", "dataset", "sites", "partition", "strategy", "privacy", "progress", "status",
@@ -38,19 +38,7 @@ class RunRow:
         return str(self.row["run"])
 
     def metric_series(self, metric: str) -> list[tuple[int, float]]:
-        return [(r, float(m[metric])) for r, m in self.pooled if _finite(m.get(metric))]
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _read_json(p: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+        return [(r, float(m[metric])) for r, m in self.pooled if is_finite_number(m.get(metric))]
 
 
 def _read_records(p: Path) -> list[dict[str, Any]]:
@@ -89,7 +77,7 @@ def detect_command(path: Path) -> str:
         raise CompareError(f"{path} is not a run directory (no such directory)")
     if not (path / "config.yaml").is_file() or not (path / "metrics.jsonl").is_file():
         raise CompareError(f"{path} is not a run directory (needs config.yaml and metrics.jsonl)")
-    summary = _read_json(path / "summary.json")
+    summary = read_json_object(path / "summary.json")
     if summary and summary.get("command") in ("simulate", "train"):
         return summary["command"]
     records = _read_records(path / "metrics.jsonl")
@@ -137,7 +125,7 @@ def _simulate_row(path: Path, name: str) -> RunRow:
     if not run.finished and eval_round is not None:
         status += f" (metrics from round {eval_round})"
     eps = None
-    if run.summary and isinstance(run.summary.get("privacy"), dict) and _finite(
+    if run.summary and isinstance(run.summary.get("privacy"), dict) and is_finite_number(
             run.summary["privacy"].get("max_epsilon_spent")):
         eps = float(run.summary["privacy"]["max_epsilon_spent"])
     elif run.epsilon_last():
@@ -153,13 +141,13 @@ def _simulate_row(path: Path, name: str) -> RunRow:
         **{m: pooled.get(m) for m in METRICS},
     }
     series = sorted((int(r["round"]), r) for r in run.records
-                    if str(r.get("site")) == "pooled" and _finite(r.get("balanced_accuracy")))
+                    if str(r.get("site")) == "pooled" and is_finite_number(r.get("balanced_accuracy")))
     return RunRow(path, "simulate", row, pooled=series)
 
 
 def _train_row(path: Path, name: str) -> RunRow:
     config = _read_config(path)
-    summary = _read_json(path / "summary.json")
+    summary = read_json_object(path / "summary.json")
     records = _read_records(path / "metrics.jsonl")
     t = _section(config, "train")
     planned = None

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import yaml
 
+from .run_files import is_finite_number, read_json_object
+
 PLOTS_DIR = "plots"
 METRIC_COLUMNS = [  # (record key, column title)
     ("num_examples", "test images"),
@@ -95,7 +97,7 @@ class Run:
     def epsilon_series(self) -> dict[str, list[tuple[int, float]]]:
         series: dict[str, list[tuple[int, float]]] = {}
         for r in self.records:
-            if _finite(r.get("epsilon")):
+            if is_finite_number(r.get("epsilon")):
                 series.setdefault(str(r["site"]), []).append((int(r["round"]), float(r["epsilon"])))
         return {s: sorted(series[s]) for s in self.sites() if s in series}
 
@@ -103,25 +105,21 @@ class Run:
         """site -> (ε, δ, round) of the site's latest record that carries ε."""
         out: dict[str, tuple[float, float | None, int]] = {}
         for r in sorted(self.records, key=lambda r: int(r["round"])):
-            if _finite(r.get("epsilon")):
+            if is_finite_number(r.get("epsilon")):
                 out[str(r["site"])] = (float(r["epsilon"]), r.get("delta"), int(r["round"]))
         return out
 
     def epsilon_budget(self) -> tuple[float | None, str]:
         p = self.section("privacy")
-        if _finite(p.get("max_epsilon")):
+        if is_finite_number(p.get("max_epsilon")):
             return float(p["max_epsilon"]), "budget (privacy.max_epsilon)"
-        if _finite(p.get("target_epsilon")):
+        if is_finite_number(p.get("target_epsilon")):
             return float(p["target_epsilon"]), "target (privacy.target_epsilon)"
         return None, ""
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _is_evaluated(r: dict[str, Any]) -> bool:
-    return _finite(r.get("balanced_accuracy")) or isinstance(r.get("confusion_matrix"), list)
+    return is_finite_number(r.get("balanced_accuracy")) or isinstance(r.get("confusion_matrix"), list)
 
 
 def load_run(path: str | Path) -> Run:
@@ -157,21 +155,11 @@ def load_run(path: str | Path) -> Run:
         except yaml.YAMLError as e:
             raise ReportError(f"{config_path} is not valid YAML: {str(e).splitlines()[0]}") from None
         config = loaded if isinstance(loaded, dict) else {}
-    summary = _read_json(path / "summary.json")
-    partition = _read_json(path / "partition.json")
+    summary = read_json_object(path / "summary.json")
+    partition = read_json_object(path / "partition.json")
     run = Run(path, config, records, summary, partition, bad)
     run.class_names = _class_names(run)
     return run
-
-
-def _read_json(p: Path) -> dict[str, Any] | None:
-    if not p.is_file():
-        return None
-    try:
-        value = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _class_names(run: Run) -> list[str]:
@@ -205,7 +193,7 @@ def make_plots(run: Run) -> tuple[list[Plot], list[str]]:
     stopped = "" if run.finished else f" (run stopped at round {run.last_round})"
 
     ba = {s: [(int(r["round"]), float(r["balanced_accuracy"])) for r in run.records
-              if str(r["site"]) == s and _finite(r.get("balanced_accuracy"))] for s in sites + ["pooled"]}
+              if str(r["site"]) == s and is_finite_number(r.get("balanced_accuracy"))] for s in sites + ["pooled"]}
     ba = {s: sorted(v) for s, v in ba.items() if v}
     if ba:
         chance = 1.0 / len(run.class_names) if run.class_names else None
@@ -219,7 +207,7 @@ def make_plots(run: Run) -> tuple[list[Plot], list[str]]:
 
     by_phase: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for r in run.records:
-        if str(r["site"]) != "pooled" and _finite(r.get("train_loss")):
+        if str(r["site"]) != "pooled" and is_finite_number(r.get("train_loss")):
             by_phase.setdefault(str(r.get("phase", "?")), {}).setdefault(str(r["site"]), []).append(
                 (int(r["round"]), float(r["train_loss"])))
     by_phase = {ph: {s: sorted(v[s]) for s in sites if s in v}
@@ -237,7 +225,7 @@ def make_plots(run: Run) -> tuple[list[Plot], list[str]]:
     eps = run.epsilon_series()
     if eps:
         budget, label = run.epsilon_budget()
-        deltas = {r.get("delta") for r in run.records if _finite(r.get("delta"))}
+        deltas = {r.get("delta") for r in run.records if is_finite_number(r.get("delta"))}
         delta = deltas.pop() if len(deltas) == 1 else None
         made.append(Plot("Privacy loss ε per site", P.save_epsilon_curve(
             out_dir / "epsilon.png", eps, budget, delta, budget_label=label.split(" ")[0] if label else "budget",
@@ -356,7 +344,7 @@ def _config_rows(run: Run) -> list[list[str]]:
         budget, label = run.epsilon_budget()
         extras = [f"noise multiplier {priv.get('noise_multiplier')}" if priv.get("noise_multiplier") else "",
                   f"{label.split(' ')[0]} ε {budget:g}" if budget is not None else "no ε budget",
-                  f"δ {priv['delta']:g}" if _finite(priv.get("delta")) else "",
+                  f"δ {priv['delta']:g}" if is_finite_number(priv.get("delta")) else "",
                   f"{str(priv.get('accountant', '?')).upper()} accountant"]
         mode += " (DP-SGD: " + ", ".join(e for e in extras if e) + ")"
     rows.append(["privacy mode", mode])
@@ -370,7 +358,7 @@ def _status_blocks(run: Run) -> list[Block]:
     ev = run.last_eval_round
     if run.finished:
         secs = run.summary.get("elapsed_s") if run.summary else None
-        text = f"Finished: all {total} rounds completed" + (f" in {secs:.0f} s" if _finite(secs) else "") + "."
+        text = f"Finished: all {total} rounds completed" + (f" in {secs:.0f} s" if is_finite_number(secs) else "") + "."
         if ev is not None:
             text += f" Final metrics are from round {ev}, the last evaluated round."
         blocks: list[Block] = [("p", text)]
@@ -402,7 +390,7 @@ def _partition_table(run: Run) -> Block | None:
 def _metrics_table(run: Run, final: dict[str, dict[str, Any]]) -> Block:
     sites = [s for s in run.sites() if s in final] + [s for s in final if s not in run.sites() and s != "pooled"]
     sites += ["pooled"] if "pooled" in final else []
-    has_eps = any(_finite(final[s].get("epsilon")) for s in sites)
+    has_eps = any(is_finite_number(final[s].get("epsilon")) for s in sites)
     has_err = any(final[s].get("eval_error") for s in sites)
     columns = ["site"] + [title for _, title in METRIC_COLUMNS] + (["ε spent"] if has_eps else []) \
         + (["note"] if has_err else [])
@@ -451,7 +439,7 @@ def _privacy_blocks(run: Run) -> list[Block]:
             if isinstance(per_site.get(s), dict):
                 eps, delta = per_site[s].get("epsilon", eps), per_site[s].get("delta", delta)
             refused = sum(1 for r in run.records if str(r["site"]) == s and r.get("status") == "refused")
-            rows.append([_site_label(s), _fmt(eps), f"{delta:.1e}" if _finite(delta) else "–", _fmt(rnd),
+            rows.append([_site_label(s), _fmt(eps), f"{delta:.1e}" if is_finite_number(delta) else "–", _fmt(rnd),
                          f"{budget:g}" if budget is not None else "none", str(refused)])
         blocks.append(("table", ["site", "ε spent", "δ", "as of round", label.split(" (")[0] or "budget",
                                  "rounds refused"], rows))

@@ -25,6 +25,8 @@ import yaml
 
 from fgssl.config import Config, ConfigError, load_config, parse_overrides
 
+from .run_files import read_json_object
+
 SPEC_KEYS = ("config", "set", "epsilons", "alphas", "seeds", "out")
 NO_DP_WORDS = ("inf", "+inf", "infinity", "∞", "none")
 
@@ -297,25 +299,17 @@ def cell_state(cell_dir: Path, cfg: Config) -> CellState:
     expected = _normalised(cfg)
     if saved != expected:
         return CellState("stale", f"its config differs ({first_difference(saved, expected)})")
-    summary = _read_json(cell_dir / "summary.json")
+    summary = read_json_object(cell_dir / "summary.json")
     if summary is not None and isinstance(summary.get("final"), dict) and summary["final"]:
         return CellState("finished")
-    state = _read_json(cell_dir / "checkpoint" / "state.json")
+    state = read_json_object(cell_dir / "checkpoint" / "state.json")
     done = int(state["round"]) if state and isinstance(state.get("round"), int) else 0
-    # A checkpoint of the last round without a summary cannot be resumed into a complete summary (the final
-    # metrics lived in the killed process), so only earlier checkpoints are resumed.
+    # A checkpoint of the last round without a summary is rerun rather than resumed: nothing is left to train, and
+    # a fresh run is the simplest state to trust.
     if 1 <= done < cfg.federation.total_rounds:
         return CellState("resumable", f"stopped after round {done} of {cfg.federation.total_rounds}")
     return CellState("partial", "stopped before its first checkpoint" if done == 0
                      else "stopped after its last round but before writing summary.json")
-
-
-def _read_json(p: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def set_aside(cell_dir: Path, out: Path) -> Path:

@@ -100,10 +100,7 @@ def client_dp_aggregate(inner: FGSSLStrategy, nodes: dict[int, int], rnd: int, g
             good[site] = reply
         else:
             failures[str(site)] = reason
-    if len(good) < inner.fed.min_nodes:
-        detail = "; ".join(f"site {s}: {r}" for s, r in sorted(failures.items())) or "no replies"
-        raise RoundFailed(f"round {rnd}: {len(good)} acceptable update(s), fewer than "
-                          f"federation.min_nodes={inner.fed.min_nodes} ({detail})")
+    inner.require_enough(rnd, len(good), failures)
     adapter = FlowerStrategy(inner, {s: nodes[s] for s in good})
     adapter.global_, adapter.failures = global_, failures
     dp = DifferentialPrivacyServerSideFixedClipping(adapter, noise_multiplier, clipping_norm, len(good))
