@@ -5,7 +5,8 @@ HTTPS port (``--host/--port``); ``--enable-supernode-auth`` needs TLS and regist
 (``flwr supernode register <pub> <connection>`` through the Control API); the ``flwr`` CLI finds a SuperLink through
 a named connection in ``$FLWR_HOME/config.toml`` (``[superlink.<name>] address, root-certificates``); a SuperNode
 serves its own Runtime API on ``--port`` (default 9094, so nodes on one host need distinct ports), starts a SuperExec
-that launches one ClientApp process per message, and takes ``--node-config`` as ``key=value`` pairs in TOML syntax.
+that launches one ClientApp process per message unless ``--isolation process`` leaves that to another process
+(``cli.warm_clientapps`` here), and takes ``--node-config`` as ``key=value`` pairs in TOML syntax.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import stat
 import subprocess
 import sys
@@ -198,6 +200,20 @@ def flwr_run_command(app_dir: Path, run_config: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ SuperNode side
+def write_runtime_secret(path: Path) -> Path:
+    """A fresh random secret, readable by this user only, shared by the SuperNode and its ClientApp launcher."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+    return path
+
+
+def launcher_command(port: int, runtime_secret: Path, supernode_pid: int) -> list[str]:
+    return [sys.executable, "-m", "cli.warm_clientapps", "--runtime-api-address", f"127.0.0.1:{port}",
+            "--secret-file", str(runtime_secret), "--supernode-pid", str(supernode_pid)]
+
+
 def node_config_arg(values: Mapping[str, Any]) -> str:
     """Flower's --node-config text: space-separated key=value, strings in TOML literal quotes."""
     parts = []
@@ -214,10 +230,13 @@ def node_config_arg(values: Mapping[str, Any]) -> str:
 
 
 def supernode_command(superlink: str, ca_cert: Path, key: Path, port: int, node_config: str,
-                      max_wait_time: float | None) -> list[str]:
+                      max_wait_time: float | None, runtime_secret: Path) -> list[str]:
+    """The SuperNode leaves ClientApp processes to `cli.warm_clientapps`, which signs its task requests with
+    `runtime_secret`."""
     cmd = [flower_tool("flower-supernode"), "--superlink", superlink, "--root-certificates", str(ca_cert),
            "--auth-supernode-private-key", str(key), "--host", "127.0.0.1", "--port", str(port),
-           "--node-config", node_config]
+           "--node-config", node_config, "--isolation", "process",
+           "--superexec-auth-secret-file", str(runtime_secret)]
     if max_wait_time:
         cmd += ["--max-wait-time", f"{max_wait_time:g}"]
     return cmd

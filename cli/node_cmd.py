@@ -24,8 +24,8 @@ from typing import Any
 from client.node_settings import NodeConfigError, NodeSettings
 from fgssl.config import DATASETS
 
-from .federation import (DeployError, check_private_file, flower_env, join_address, node_config_arg,
-                         parse_address, supernode_command)
+from .federation import (DeployError, check_private_file, flower_env, join_address, launcher_command,
+                         node_config_arg, parse_address, supernode_command, write_runtime_secret)
 from .processes import Child, become_subreaper, free_port, stop_orphans
 
 _ROUND = re.compile(r"\[RUN (\d+)(?:, ROUND ([^\]]*))?\]")
@@ -119,6 +119,9 @@ def _explain(reasons: list[str], superlink: str, args: argparse.Namespace, gave_
         return f"lost the SuperLink at {superlink} (no answer for {wait}); the federation is gone or unreachable"
     if gave_up:
         return f"could not reach the SuperLink at {superlink} (gave up after {wait})"
+    if "launcher" in reasons:
+        return (f"the ClientApp launcher stopped, so this node could run no task; see "
+                f"{Path(args.state_dir).expanduser().resolve() / 'clientapp.log'}")
     if code < 0:
         return f"the SuperNode was killed by {signal.Signals(-code).name}"
     return "the SuperNode stopped unexpectedly"
@@ -153,8 +156,9 @@ def _node(args: argparse.Namespace) -> int:
                             label_column=args.label_column, group_column=args.group_column,
                             skip_bad_images=args.skip_bad_images)
     runtime_port = args.port or free_port()
+    secret = write_runtime_secret(state / "runtime.secret")
     cmd = supernode_command(superlink, ca, key, runtime_port, node_config_arg(settings.to_node_config()),
-                            args.max_wait_time or None)
+                            args.max_wait_time or None, secret)
 
     def stop_on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -167,11 +171,18 @@ def _node(args: argparse.Namespace) -> int:
          f"authenticated with {key}")
     _say(f"state in {state}; SuperNode log: {state / 'supernode.log'}")
     watch = _Watch(verbose=args.verbose)
-    node = Child("the SuperNode", cmd, state / "supernode.log", env=flower_env(state / "flwr-home"),
-                 cwd=state, on_line=watch)
-    _say(f"SuperNode started (pid {node.pid})")
+    env = flower_env(state / "flwr-home")
+    node = Child("the SuperNode", cmd, state / "supernode.log", env=env, cwd=state, on_line=watch)
+    launcher = Child("the ClientApp launcher", launcher_command(runtime_port, secret, node.pid),
+                     state / "clientapp.log", env=env, cwd=state, on_line=watch)
+    _say(f"SuperNode started (pid {node.pid}); ClientApps run in forks of pid {launcher.pid} "
+         f"(log: {state / 'clientapp.log'})")
     try:
         while node.alive():
+            if not launcher.alive():
+                node.stop()
+                watch.reasons.append("launcher")
+                break
             # Flower's SuperNode stays up after it gives up reconnecting: stop it once it has said so.
             if watch.gave_up_at is not None and time.monotonic() - watch.gave_up_at > 3.0:
                 node.stop()
@@ -179,12 +190,14 @@ def _node(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         code = node.wait()
     except KeyboardInterrupt:
-        _say(f"stopping the SuperNode (pid {node.pid})")
+        _say(f"stopping the SuperNode (pid {node.pid}) and the ClientApp launcher (pid {launcher.pid})")
+        launcher.stop()
         node.stop()
         raise
     finally:
+        launcher.stop()
         node.stop()
-        stop_orphans({node.pid})
+        stop_orphans({node.pid, launcher.pid})
     if watch.gave_up_at is not None or watch.reasons or code != 0:
         reason = _explain(watch.reasons, superlink, args, watch.gave_up_at is not None, watch.node_id is not None,
                           code)

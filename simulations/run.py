@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from fgssl.config import Config
+from fgssl.config import Config, ConfigError
 from fgssl.rundir import RunDir
 
 from .sites import build_sites
@@ -36,6 +37,23 @@ def backend_config(cfg: Config) -> dict[str, Any]:
     return {"client_resources": {"num_cpus": sim.client_cpus, "num_gpus": 0.0}, "init_args": init}
 
 
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, naming the key, when nothing answers at a `host:port` Ray address (Ray itself retries for a
+    minute and then reports a GCS timeout). `auto` and `ray://` client addresses are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError("simulation.ray_address", f"{address!r} is not HOST:PORT (the head's GCS port, "
+                                                    "6379 by default), 'auto' or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError("simulation.ray_address", f"no Ray cluster answers at {address} ({e.strerror or e}); "
+                                                    "start one with `ray start --head` or leave the key unset "
+                                                    "to start a local cluster") from None
+
+
 def simulate(cfg: Config, run_dir: RunDir, *, resume: bool = False,
              say: Callable[[str], None] = print,
              on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -50,6 +68,10 @@ def simulate(cfg: Config, run_dir: RunDir, *, resume: bool = False,
     from client.app import make_client_app
     from server.app import make_server_app
 
+    if cfg.simulation.ray_address:
+        check_ray_address(cfg.simulation.ray_address)
+        say(f"attaching to the Ray cluster at {cfg.simulation.ray_address} (its nodes must have fgssl installed "
+            f"and see {run_dir.path} and the data at the same paths)")
     sites = build_sites(cfg, run_dir.path)
     say(f"partition: {cfg.partition.method} over {cfg.federation.sites} sites, sizes "
         f"{[len(p) for p in sites.parts]} (partition.json)")
