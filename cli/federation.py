@@ -209,9 +209,15 @@ def write_runtime_secret(path: Path) -> Path:
     return path
 
 
-def launcher_command(port: int, runtime_secret: Path, supernode_pid: int) -> list[str]:
-    return [sys.executable, "-m", "cli.warm_clientapps", "--runtime-api-address", f"127.0.0.1:{port}",
-            "--secret-file", str(runtime_secret), "--supernode-pid", str(supernode_pid)]
+def launcher_command(nodes: Sequence[tuple[int, int, Path]], runtime_secret: Path) -> list[str]:
+    """`nodes`: (local Runtime API port, SuperNode pid, its Flower home) for every SuperNode whose ClientApps the
+    launcher runs. Several nodes' tasks run at once, so they split the cores rather than each taking all."""
+    cmd = [sys.executable, "-m", "cli.warm_clientapps", "--secret-file", str(runtime_secret)]
+    if len(nodes) > 1:
+        cmd += ["--threads", str(max(1, (os.cpu_count() or 1) // len(nodes)))]
+    for port, pid, home in nodes:
+        cmd += ["--node", f"127.0.0.1:{port}", str(pid), str(home)]
+    return cmd
 
 
 def node_config_arg(values: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ from . import simulate_cmd, train_cmd
 from . import partition_cmd
 from . import prepare_cmd
 from . import certs_cmd
-from . import serve_cmd, node_cmd
+from . import serve_cmd, node_cmd, nodes_cmd
 from . import report_cmd
 from . import compare_cmd
 from . import sweep_cmd
@@ -34,6 +34,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callab
      serve_cmd.add_arguments, serve_cmd.run),
     ("node", "hospital: one authenticated SuperNode over TLS that trains on this site's own data",
      node_cmd.add_arguments, node_cmd.run),
+    ("nodes", "rehearsal: several hospitals' SuperNodes on this machine (own keys and state, one ClientApp launcher)",
+     nodes_cmd.add_arguments, nodes_cmd.run),
     ("report", "write report.md, a self-contained report.html and plots/ for a simulate run (finished or not)",
      report_cmd.add_arguments, report_cmd.run),
     ("compare", "one table (compare.csv, compare.md) and one per-round plot comparing simulate and train runs",

@@ -39,11 +39,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", required=True, metavar="FILE",
                    help="this hospital's SuperNode private key (node.key from `fgssl certs`; must be 0600)")
     p.add_argument("--site", required=True, type=int, metavar="N", help="this hospital's site id in the federation")
+    p.add_argument("--state-dir", required=True, metavar="DIR",
+                   help="this node's state: privacy ledger, image cache, site-local weights, logs")
+    p.add_argument("--port", type=int, metavar="P",
+                   help="local port for the node's ClientApp processes (default: a free one)")
+    add_shared_arguments(p)
+
+
+def add_shared_arguments(p: argparse.ArgumentParser) -> None:
+    """The options `fgssl node` and `fgssl nodes` share: the data, the budget, the patience."""
     p.add_argument("--dataset", required=True, choices=DATASETS,
                    help="the local data's format; 'synthetic' generates this site's share of the built-in data")
     p.add_argument("--root", metavar="DIR", help="the local dataset folder, as the challenge ships it")
-    p.add_argument("--state-dir", required=True, metavar="DIR",
-                   help="this node's state: privacy ledger, image cache, site-local weights, logs")
     p.add_argument("--max-epsilon", type=float, metavar="EPS",
                    help="the most ε of sample-level DP this hospital ever spends; it refuses rounds beyond it and "
                         "does not train in runs without privacy.mode=sample")
@@ -52,17 +59,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", help="folder data: the CSV column of labels")
     p.add_argument("--group-column", help="folder data: the CSV column of patient/lesion ids (group-aware splits)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable or missing images")
-    p.add_argument("--port", type=int, metavar="P",
-                   help="local port for the node's ClientApp processes (default: a free one)")
     p.add_argument("--max-wait-time", type=float, default=120.0, metavar="S",
                    help="give up after S seconds without the SuperLink (default: 120; 0 = keep trying)")
     p.add_argument("--verbose", action="store_true", help="print the SuperNode's whole log, not only key lines")
 
 
 @dataclass
-class _Watch:
+class Watch:
     """What the SuperNode's log says, as it says it."""
     verbose: bool
+    prefix: str = ""  # "site N: " when several SuperNodes share one terminal
     node_id: str | None = None
     gave_up_at: float | None = None
     reasons: list[str] = field(default_factory=list)
@@ -72,16 +78,16 @@ class _Watch:
     def __call__(self, line: str) -> None:
         text = line.strip()
         if self.verbose:
-            print(text, flush=True)
+            print(self.prefix + text, flush=True)
         with self.lock:
             if m := _NODE_ID.search(text):
                 self.node_id = m.group(1)
-                _say(f"connected to the SuperLink as Flower node {self.node_id}")
+                _say(f"{self.prefix}connected to the SuperLink as Flower node {self.node_id}")
             elif m := _ROUND.search(text):
                 self._round = f"run {m.group(1)}" + (f", {m.group(2)}" if m.group(2) else "")
             elif (m := _RECEIVING.search(text)) and not self.verbose:
-                _say(f"{self._round}: {m.group(1)} message received" if self._round else
-                     f"{m.group(1)} message received")
+                _say(self.prefix + (f"{self._round}: {m.group(1)} message received" if self._round else
+                                    f"{m.group(1)} message received"))
             elif "Giving up reconnection" in text:
                 self.gave_up_at = time.monotonic()
             if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake error" in text:
@@ -93,7 +99,7 @@ class _Watch:
             elif "Connection refused" in text or "Name or service not known" in text:
                 self._add("unreachable")
             if not self.verbose and ("ERROR" in text or "raised an exception" in text):
-                print(f"  {text}", flush=True)
+                print(f"  {self.prefix}{text}", flush=True)
 
     def _add(self, reason: str) -> None:
         if reason not in self.reasons:
@@ -104,15 +110,28 @@ def _say(line: str) -> None:
     print(f"fgssl node: {line}", flush=True)
 
 
-def _explain(reasons: list[str], superlink: str, args: argparse.Namespace, gave_up: bool, connected: bool,
-             code: int) -> str:
+@dataclass
+class Site:
+    """One hospital's SuperNode as this process runs it."""
+    site: int
+    key: Path
+    state: Path
+    port: int
+    watch: Watch
+    node: Child | None = None
+    code: int | None = None
+
+
+def _explain(site: Site, superlink: str, args: argparse.Namespace, launcher_log: Path) -> str:
+    reasons, gave_up, connected, code = site.watch.reasons, site.watch.gave_up_at is not None, \
+        site.watch.node_id is not None, site.code or 0
     if "tls" in reasons:
         return (f"TLS: the SuperLink at {superlink} presented a certificate that {args.ca} does not vouch for "
                 "(is --ca the federation's ca.crt, and is this host name among the certificate's --hosts?)")
     if "key" in reasons:
-        return f"--key {args.key} is not an OpenSSH EC private key (use node.key written by `fgssl certs`)"
+        return f"--key {site.key} is not an OpenSSH EC private key (use node.key written by `fgssl certs`)"
     if "auth" in reasons:
-        return (f"the SuperLink at {superlink} refused this node's key: its public key (node.pub next to {args.key}) "
+        return (f"the SuperLink at {superlink} refused this node's key: its public key (node.pub next to {site.key}) "
                 "is not registered with this federation; ask the coordinator to register it")
     wait = f"{args.max_wait_time:g} s" if args.max_wait_time else "retries"
     if gave_up and connected:
@@ -120,8 +139,7 @@ def _explain(reasons: list[str], superlink: str, args: argparse.Namespace, gave_
     if gave_up:
         return f"could not reach the SuperLink at {superlink} (gave up after {wait})"
     if "launcher" in reasons:
-        return (f"the ClientApp launcher stopped, so this node could run no task; see "
-                f"{Path(args.state_dir).expanduser().resolve() / 'clientapp.log'}")
+        return f"the ClientApp launcher stopped, so this node could run no task; see {launcher_log}"
     if code < 0:
         return f"the SuperNode was killed by {signal.Signals(-code).name}"
     return "the SuperNode stopped unexpectedly"
@@ -139,73 +157,113 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _node(args: argparse.Namespace) -> int:
+def common_paths(args: argparse.Namespace) -> tuple[str, Path, Path | None]:
+    """The SuperLink address, the CA and the data root, checked."""
     host, port = parse_address(args.superlink, "--superlink")
-    superlink = join_address(host, port)
-    ca, key = Path(args.ca).expanduser().resolve(), Path(args.key).expanduser().resolve()
+    ca = Path(args.ca).expanduser().resolve()
     if not ca.is_file():
         raise DeployError(f"--ca: {ca} not found (the federation's ca.crt)")
-    check_private_file(key, "--key: the SuperNode private key")
     root = Path(args.root).expanduser().resolve() if args.root else None
     if root is not None and not root.is_dir():
         raise DeployError(f"--root: {root} is not a directory")
-    state = Path(args.state_dir).expanduser().resolve()
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    settings = NodeSettings(site=args.site, dataset=args.dataset, state_dir=state, root=root,
+    return join_address(host, port), ca, root
+
+
+def _supernode(site: Site, args: argparse.Namespace, superlink: str, ca: Path, root: Path | None,
+               secret: Path) -> list[str]:
+    check_private_file(site.key, "--key: the SuperNode private key")
+    site.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings = NodeSettings(site=site.site, dataset=args.dataset, state_dir=site.state, root=root,
                             max_epsilon=args.max_epsilon, csv=args.csv, path_column=args.path_column,
                             label_column=args.label_column, group_column=args.group_column,
                             skip_bad_images=args.skip_bad_images)
-    runtime_port = args.port or free_port()
-    secret = write_runtime_secret(state / "runtime.secret")
-    cmd = supernode_command(superlink, ca, key, runtime_port, node_config_arg(settings.to_node_config()),
-                            args.max_wait_time or None, secret)
+    return supernode_command(superlink, ca, site.key, site.port, node_config_arg(settings.to_node_config()),
+                             args.max_wait_time or None, secret)
+
+
+def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path) -> int:
+    """Start a SuperNode per site and one warm ClientApp launcher for all of them; supervise until they end."""
+    superlink, ca, root = common_paths(args)
+    secret = launcher_dir / "runtime.secret"
+    commands = [_supernode(s, args, superlink, ca, root, secret) for s in sites]  # checks every key first
+    launcher_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_runtime_secret(secret)
 
     def stop_on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     become_subreaper()
 
-    data = "its share of the built-in synthetic data" if args.dataset == "synthetic" else f"{args.dataset} in {root}"
+    data = "share of the built-in synthetic data" if args.dataset == "synthetic" else f"{args.dataset} in {root}"
     budget = f"; privacy budget ε ≤ {args.max_epsilon:g}" if args.max_epsilon else ""
-    _say(f"site {args.site} ({data}{budget}) joining the SuperLink at {superlink} over TLS (CA {ca}), "
-         f"authenticated with {key}")
-    _say(f"state in {state}; SuperNode log: {state / 'supernode.log'}")
-    watch = _Watch(verbose=args.verbose)
-    env = flower_env(state / "flwr-home")
-    node = Child("the SuperNode", cmd, state / "supernode.log", env=env, cwd=state, on_line=watch)
-    launcher = Child("the ClientApp launcher", launcher_command(runtime_port, secret, node.pid),
-                     state / "clientapp.log", env=env, cwd=state, on_line=watch)
-    _say(f"SuperNode started (pid {node.pid}); ClientApps run in forks of pid {launcher.pid} "
-         f"(log: {state / 'clientapp.log'})")
+    launcher: Child | None = None
     try:
-        while node.alive():
-            if not launcher.alive():
-                node.stop()
-                watch.reasons.append("launcher")
-                break
-            # Flower's SuperNode stays up after it gives up reconnecting: stop it once it has said so.
-            if watch.gave_up_at is not None and time.monotonic() - watch.gave_up_at > 3.0:
-                node.stop()
-                break
-            time.sleep(0.2)
-        code = node.wait()
+        for s, cmd in zip(sites, commands):
+            _say(f"site {s.site} ({'its ' if len(sites) == 1 else ''}{data}{budget}) joining the SuperLink at "
+                 f"{superlink} over TLS (CA {ca}), authenticated with {s.key}")
+            _say(f"{s.watch.prefix}state in {s.state}; SuperNode log: {s.state / 'supernode.log'}")
+            s.node = Child(f"the SuperNode of site {s.site}", cmd, s.state / "supernode.log",
+                           env=flower_env(s.state / "flwr-home"), cwd=s.state, on_line=s.watch)
+        log = launcher_dir / "clientapp.log"
+        command = launcher_command([(s.port, s.node.pid, s.state / "flwr-home") for s in sites], secret)
+        launcher = Child("the ClientApp launcher", command, log, env=flower_env(launcher_dir / "flwr-home"),
+                         cwd=launcher_dir,
+                         on_line=Watch(verbose=args.verbose) if len(sites) > 1 else sites[0].watch)
+        started = ", ".join(f"{s.watch.prefix}pid {s.node.pid}" for s in sites)
+        _say(f"SuperNode started ({started}); ClientApps run in forks of pid {launcher.pid} (log: {log})")
+        _supervise(sites, launcher)
     except KeyboardInterrupt:
-        _say(f"stopping the SuperNode (pid {node.pid}) and the ClientApp launcher (pid {launcher.pid})")
-        launcher.stop()
-        node.stop()
+        _say(f"stopping the SuperNode{'s' * (len(sites) > 1)} "
+             f"({', '.join(f'pid {s.node.pid}' for s in sites if s.node)})"
+             + (f" and the ClientApp launcher (pid {launcher.pid})" if launcher else ""))
         raise
     finally:
-        launcher.stop()
-        node.stop()
-        stop_orphans({node.pid, launcher.pid})
-    if watch.gave_up_at is not None or watch.reasons or code != 0:
-        reason = _explain(watch.reasons, superlink, args, watch.gave_up_at is not None, watch.node_id is not None,
-                          code)
-        print(f"fgssl node: error: {reason} (SuperNode exit code {code}; log: {state / 'supernode.log'})",
-              file=sys.stderr)
+        children = [c for c in (launcher, *(s.node for s in sites)) if c is not None]
+        for child in children:
+            child.request_stop()
+        for s in sites:
+            if s.node is not None:
+                s.code = s.node.stop()
+        if launcher is not None:
+            launcher.stop()
+        stop_orphans({s.node.pid for s in sites if s.node} | ({launcher.pid} if launcher else set()))
+    failed = 0
+    for s in sites:
+        w = s.watch
+        if w.gave_up_at is not None or w.reasons or s.code != 0:
+            failed += 1
+            reason = _explain(s, superlink, args, launcher_dir / "clientapp.log")
+            print(f"fgssl node: error: {w.prefix}{reason} (SuperNode exit code {s.code}; log: "
+                  f"{s.state / 'supernode.log'})", file=sys.stderr)
+    if failed:
         return 1
-    _say("the SuperNode stopped")
+    _say(f"the SuperNode{'s' * (len(sites) > 1)} stopped")
     return 0
+
+
+def _supervise(sites: list[Site], launcher: Child) -> None:
+    """Until every SuperNode has ended. Flower's SuperNode stays up after it gives up reconnecting: stop it once it
+    has said so. Without the launcher no node can run a task, so all stop with it."""
+    live = list(sites)
+    while live:
+        if not launcher.alive():
+            for s in live:
+                s.watch.reasons.append("launcher")
+                s.node.stop()
+            return
+        for s in list(live):
+            if s.watch.gave_up_at is not None and time.monotonic() - s.watch.gave_up_at > 3.0:
+                s.node.stop()
+            if not s.node.alive():
+                live.remove(s)
+        time.sleep(0.2)
+
+
+def _node(args: argparse.Namespace) -> int:
+    state = Path(args.state_dir).expanduser().resolve()
+    site = Site(args.site, Path(args.key).expanduser().resolve(), state, args.port or free_port(),
+                Watch(verbose=args.verbose))
+    return run_sites(args, [site], state)
 
 
 def main(argv: list[str] | None = None) -> int:

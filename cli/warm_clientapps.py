@@ -26,17 +26,25 @@ import time
 import traceback
 from pathlib import Path
 
+import httpx
+
 # The module named by [tool.flwr.app.components] clientapp in pyproject.toml: imported once, here.
 APP_MODULE = "simulations.flower_app"
 _ACQUIRE = "/flwr.proto.Runtime/AcquireTask"
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def _run_task(address: str, token: str) -> int:
-    """In the forked child: run one ClientApp task to its end with Flower's own code."""
+def _run_task(address: str, token: str, flwr_home: Path, threads: int | None) -> int:
+    """In the forked child: run one ClientApp task to its end with Flower's own code, in its node's Flower home
+    (each node installs the run's FAB there; nodes sharing one folder would read each other's half-written copy)."""
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    os.environ["FLWR_HOME"] = str(flwr_home)
+    os.chdir(flwr_home.parent)
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     from flwr.supernode.runtime.run_clientapp import run_clientapp
     try:
         run_clientapp(runtime_api_address=address, token=token, insecure=True, certificates=None,
@@ -49,29 +57,44 @@ def _run_task(address: str, token: str) -> int:
         return 1
 
 
-class Launcher:
-    """Polls the Runtime API for ClientApp tasks and forks one child per task."""
+class RefusedSecret(RuntimeError):
+    """The SuperNode's Runtime API does not accept the secret this launcher signs with."""
 
-    def __init__(self, address: str, secret: bytes, supernode_pid: int, poll_s: float) -> None:
+
+class Launcher:
+    """Polls each SuperNode's Runtime API for ClientApp tasks and forks one child per task."""
+
+    def __init__(self, nodes: dict[str, tuple[int, Path]], secret: bytes, poll_s: float,
+                 threads: int | None = None) -> None:
+        """`nodes`: Runtime API address -> that SuperNode's pid and Flower home (several when hospitals share a
+        machine)."""
         from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
-        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.retry.retry_invoker import RetryInvoker
         from flwr.supercore.runtime import RuntimeHttpClient
 
-        self.address, self.supernode_pid, self.poll_s = address, supernode_pid, poll_s
+        # One try per call: the loop below is the retry. (Flower's own HTTP retry invoker answers a 401 by sending
+        # SIGINT to its process.)
+        once = RetryInvoker(lambda: (w for w in ()), (), max_tries=1, max_time=None, jitter=None)
+
+        self.nodes, self.poll_s, self.threads = dict(nodes), poll_s, threads
         self.supervisor = os.getppid()  # `fgssl node`: if it goes, this launcher is re-parented and must go too
         self.children: set[int] = set()
-        self.client = RuntimeHttpClient.from_server_address(
-            server_address=address, insecure=True, root_certificates=None,
+        self.answering: dict[str, bool | None] = {a: None for a in nodes}
+        self.clients = {a: RuntimeHttpClient.from_server_address(
+            server_address=a, insecure=True, root_certificates=None,
             interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
                           SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods=frozenset({_ACQUIRE}))],
-            retry_invoker=make_simple_http_retry_invoker())
+            retry_invoker=once) for a in nodes}
 
-    def supernode_alive(self) -> bool:
-        try:
-            os.kill(self.supernode_pid, 0)
-        except ProcessLookupError:
-            return False
-        return os.getppid() == self.supervisor
+    def live_nodes(self) -> list[str]:
+        if os.getppid() != self.supervisor:
+            return []
+        for address, (pid, _) in list(self.nodes.items()):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                del self.nodes[address]
+        return list(self.nodes)
 
     def reap(self) -> None:
         for pid in list(self.children):
@@ -82,45 +105,51 @@ class Launcher:
                 if code != 0:
                     print(f"ClientApp task process {pid} exited with code {code}", flush=True)
 
-    def acquire(self) -> str | None:
+    def acquire(self, address: str) -> str | None:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest
         from flwr.supercore.constant import TaskType
 
-        res = self.client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
+        try:
+            res = self.clients[address].AcquireTask(
+                AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
+        except httpx.HTTPStatusError as e:
+            if e.response.status_code == httpx.codes.UNAUTHORIZED:
+                raise RefusedSecret(f"the SuperNode at {address} refused this launcher's secret (HTTP 401)") from None
+            raise
+        except Exception as e:  # noqa: BLE001 - a SuperNode starting or stopping its API must not end this loop
+            if self.answering[address] is not False:
+                print(f"the SuperNode's Runtime API at {address} does not answer ({type(e).__name__}); retrying",
+                      flush=True)
+            self.answering[address] = False
+            return None
+        if not self.answering[address]:
+            print(f"polling the SuperNode's Runtime API at {address} for ClientApp tasks", flush=True)
+        self.answering[address] = True
         return res.token if res.HasField("task") and res.token else None
 
-    def launch(self, token: str) -> None:
+    def launch(self, address: str, token: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         # A SIGTERM between fork and the child's own handlers would run this loop's stop in the child.
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:
-            code = _run_task(self.address, token)
+            code = _run_task(address, token, self.nodes[address][1], self.threads)
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(code)  # never the parent's exit handlers, nor its HTTP client's shutdown
+            os._exit(code)  # never the parent's exit handlers, nor its HTTP clients' shutdown
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self.children.add(pid)
 
     def serve(self) -> None:
-        answering = None
-        while self.supernode_alive():
+        while nodes := self.live_nodes():
             self.reap()
-            try:
-                token = self.acquire()
-            except Exception as e:  # noqa: BLE001 - the SuperNode starting or stopping its API must not end this loop
-                if answering is not False:
-                    print(f"the SuperNode's Runtime API at {self.address} does not answer ({type(e).__name__}); "
-                          "retrying", flush=True)
-                answering, token = False, None
-            else:
-                if not answering:
-                    print(f"polling the SuperNode's Runtime API at {self.address} for ClientApp tasks", flush=True)
-                answering = True
-            if token:
-                self.launch(token)
-            else:
+            launched = False
+            for address in nodes:
+                if token := self.acquire(address):
+                    self.launch(address, token)
+                    launched = True
+            if not launched:
                 time.sleep(self.poll_s)
 
     def stop(self) -> None:
@@ -133,15 +162,19 @@ class Launcher:
         while self.children and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.1)
-        self.client.close()
+        for client in self.clients.values():
+            client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cli.warm_clientapps", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runtime-api-address", required=True, metavar="HOST:PORT")
+    p.add_argument("--node", action="append", required=True, nargs=3, metavar=("HOST:PORT", "PID", "FLWR_HOME"),
+                   help="a SuperNode's Runtime API address, its pid and its Flower home (repeat for SuperNodes "
+                        "sharing this machine)")
     p.add_argument("--secret-file", required=True, type=Path, help="the SuperExec auth secret (raw bytes, 0600)")
-    p.add_argument("--supernode-pid", required=True, type=int, help="exit when this process is gone")
     p.add_argument("--poll", type=float, default=0.2, metavar="S", help="seconds between task polls")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per task (default: torch's own, all cores; nodes sharing a machine split it)")
     args = p.parse_args(argv)
 
     import importlib
@@ -151,11 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     def stop_on_sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    launcher = Launcher(args.runtime_api_address, args.secret_file.read_bytes(), args.supernode_pid, args.poll)
+    nodes = {address: (int(pid), Path(home)) for address, pid, home in args.node}
+    launcher = Launcher(nodes, args.secret_file.read_bytes(), args.poll, args.threads)
     try:
         launcher.serve()
     except KeyboardInterrupt:
         pass
+    except RefusedSecret as e:
+        print(f"error: {e}", flush=True)
+        return 1
     finally:
         launcher.stop()
     return 0

@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50")
 
 
 class ConfigError(ValueError):
@@ -112,6 +112,9 @@ class ModelConfig:
     head_norm: Literal["batch", "group"] | None = None
     # 'imagenet': torchvision's stem (stride 4: conv + max-pool); 'small': no max-pool (stride 2), for small images.
     stem: Literal["imagenet", "small"] = "imagenet"
+    # Channels after the stem (torchvision: 64; layer2-4 have 2x, 4x, 8x). Narrower is for quick CPU runs and tests;
+    # ImageNet weights need 64.
+    width: int = 64
     # Jigsaw grid size n (n x n tiles) for the blocks on layer2, layer3, layer4.
     granularities: tuple[int, int, int] = (8, 4, 2)
     # Paper: 512 / 1024 / 512. Smaller defaults keep the CPU demo in minutes; see README.
@@ -128,7 +131,7 @@ class ModelConfig:
         _require(len(self.granularities) == 3, f"{p}.granularities", "needs exactly three values (layer2, layer3, layer4)")
         for i, g in enumerate(self.granularities):
             _require(isinstance(g, int) and g >= 1, f"{p}.granularities[{i}]", f"must be an integer >= 1, got {g!r}")
-        for k in ("block_mid_channels", "block_out_channels", "embed_dim", "groups"):
+        for k in ("width", "block_mid_channels", "block_out_channels", "embed_dim", "groups"):
             _require(getattr(self, k) >= 1, f"{p}.{k}", f"must be >= 1, got {getattr(self, k)}")
         if self.weights is not None:
             _require(Path(self.weights).is_file(), f"{p}.weights",

@@ -47,10 +47,27 @@ class _Bottleneck(tv_resnet.Bottleneck):
 
 
 _ARCH = {
+    "resnet10": (_BasicBlock, [1, 1, 1, 1]),  # half of ResNet-18's weights: quick CPU runs and load checks
     "resnet18": (_BasicBlock, [2, 2, 2, 2]),
     "resnet34": (_BasicBlock, [3, 4, 6, 3]),
     "resnet50": (_Bottleneck, [3, 4, 6, 3]),
 }
+
+
+def _resnet(block: type[nn.Module], layers: list[int], norm: Callable[[int], nn.Module], width: int) -> nn.Module:
+    """torchvision's ResNet with `width` channels after the stem (64 in torchvision) and 2x, 4x, 8x in layer2-4."""
+    net = tv_resnet.ResNet(block, layers, norm_layer=norm)
+    if width == 64:
+        return net
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = norm(width)
+    for i, (n, stride) in enumerate(zip(layers, (1, 2, 2, 2))):
+        setattr(net, f"layer{i + 1}", net._make_layer(block, width * 2 ** i, n, stride=stride))
+    for m in net.modules():  # torchvision's initialisation, for the layers made again here
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net
 
 
 def norm_factory(kind: str, groups: int) -> Callable[[int], nn.Module]:
@@ -117,14 +134,14 @@ class FGSSLNet(nn.Module):
         super().__init__()
         block, layers = _ARCH[cfg.backbone]
         norm = norm_factory(cfg.norm, cfg.groups)
-        backbone = tv_resnet.ResNet(block, layers, norm_layer=norm)
+        backbone = _resnet(block, layers, norm, cfg.width)
         backbone.relu = nn.ReLU(inplace=False)
         if cfg.stem == "small":
             # Stride 2 instead of 4 before layer1: textures with periods of a few pixels survive on small images.
             backbone.maxpool = nn.Identity()
         del backbone.fc, backbone.avgpool
         self.backbone = backbone
-        widths = [128 * block.expansion, 256 * block.expansion, 512 * block.expansion]
+        widths = [k * cfg.width * block.expansion for k in (2, 4, 8)]
         self.blocks = nn.ModuleList(
             HierarchicalBlock(w, cfg.block_mid_channels, cfg.block_out_channels, norm) for w in widths)
         head_inputs = [cfg.block_out_channels] * 3 + [3 * cfg.block_out_channels]
@@ -178,8 +195,8 @@ def load_backbone_weights(model: FGSSLNet, path: str | Path) -> list[str]:
 
     A torchvision ImageNet file fills the backbone. A model.safetensors written by this project (e.g. public
     pretraining) fills the backbone and the hierarchical blocks; heads and classifiers always start fresh, so what
-    a federation later learns about its labels comes from its own data. Keys whose shapes do not match (e.g.
-    BatchNorm statistics when the model uses GroupNorm) are skipped.
+    a federation later learns about its labels comes from its own data. Keys this model lacks (e.g. BatchNorm
+    statistics when the model uses GroupNorm) are skipped; a convolution of another shape is refused.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -190,9 +207,13 @@ def load_backbone_weights(model: FGSSLNet, path: str | Path) -> list[str]:
     if not any(k.startswith("backbone.") for k in state):
         state = {f"backbone.{k}": v for k, v in state.items()}
     own = model.state_dict()
+    for k, v in state.items():
+        if k in own and v.dim() == 4 and own[k].shape != v.shape:
+            raise ValueError(f"{path}: {k} is {tuple(v.shape)} there but {tuple(own[k].shape)} in this model: the "
+                             "weights were made for another model.backbone or model.width")
     usable = {k: v for k, v in state.items()
               if k.startswith(("backbone.", "blocks.")) and k in own and own[k].shape == v.shape}
-    if not usable:
+    if not any(v.dim() > 0 for v in usable.values()):
         raise ValueError(f"{path}: no tensor matches the {type(model.backbone).__name__} backbone's keys and shapes")
     model.load_state_dict(usable, strict=False)
     return sorted(usable)

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "seed": 1,
     "data": {"num_samples": 240, "image_size": 32, "site_shift": 1.0},
-    "model": {"granularities": [4, 2, 1], "block_mid_channels": 16, "block_out_channels": 32, "embed_dim": 16,
+    "model": {"backbone": "resnet10", "width": 16, "granularities": [4, 2, 1], "block_mid_channels": 16,
+              "block_out_channels": 32, "embed_dim": 16,
               "norm": "group", "groups": 4},
     "train": {"batch_size": 16},
     "partition": {"method": "iid"},

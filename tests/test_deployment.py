@@ -4,7 +4,8 @@ One federation serves most tests (each start costs seconds of CPU per process): 
 one of which is SIGKILLed while it trains, plus a node with an unregistered key and one that does not trust the CA.
 Every process is started here and stopped by pid in a finally block; FLWR_HOME lives in the test's tmp folder.
 
-The load check (20 SuperNodes) runs only with FGSSL_LOAD_TEST=1: on 2 cores it takes several minutes (see README).
+The load check runs 20 real SuperNodes (FGSSL_LOAD_NODES to change it) from one `fgssl nodes`: about 4 minutes on
+2 cores, because every message of every node crosses the SuperLink over TLS.
 """
 
 from __future__ import annotations
@@ -327,8 +328,8 @@ def test_node_refuses_a_key_others_can_read(tmp_path):
 class TreeMemory(threading.Thread):
     """Samples, once a second, the live processes descended from `roots`: summed RSS and PSS, per kind too.
 
-    Sets `short` (and stops sampling) when the machine's available memory falls under `floor_mib`, so a load check
-    never pushes a shared machine into the OOM killer.
+    Also the CPU seconds each kind used (as last seen alive). Sets `short` (and stops sampling) when the machine's
+    available memory falls under `floor_mib`, so a load check never pushes a shared machine into the OOM killer.
     """
 
     def __init__(self, roots: list[int], floor_mib: int = 3072) -> None:
@@ -340,13 +341,14 @@ class TreeMemory(threading.Thread):
         self.max_one: dict[str, int] = {}  # kind -> largest single-process PSS (KiB)
         self.count_by_kind: dict[str, int] = {}  # kind -> most processes alive at once
         self.min_available = _meminfo("MemAvailable")
+        self.cpu_ticks: dict[int, tuple[str, int]] = {}  # pid -> (kind, user+system ticks when last seen)
 
     def add(self, pid: int) -> None:
         self.roots.add(pid)
 
     def run(self) -> None:
         while not self.done.wait(1.0):
-            parent, kind = {}, {}
+            parent, kind, ticks = {}, {}, {}
             for d in Path("/proc").iterdir():
                 if d.name.isdigit():
                     try:
@@ -357,6 +359,7 @@ class TreeMemory(threading.Thread):
                     if fields[0] != "Z":  # zombies hold no memory
                         parent[int(d.name)] = int(fields[1])
                         kind[int(d.name)] = text[text.find("(") + 1:text.rfind(")")]
+                        ticks[int(d.name)] = int(fields[11]) + int(fields[12])
             tree = set(self.roots) & set(parent)
             while kids := {p for p, pp in parent.items() if pp in tree} - tree:
                 tree |= kids
@@ -364,6 +367,7 @@ class TreeMemory(threading.Thread):
             pss_by: dict[str, int] = {}
             count_by: dict[str, int] = {}
             for pid in tree:
+                self.cpu_ticks[pid] = (kind[pid], ticks[pid])
                 try:
                     rollup = (Path("/proc") / str(pid) / "smaps_rollup").read_text().splitlines()
                 except OSError:
@@ -388,7 +392,12 @@ class TreeMemory(threading.Thread):
         return {"peak_rss_mib": self.peak_rss // 1024, "peak_pss_mib": self.peak_pss // 1024,
                 "peak_processes": self.peak_procs,
                 "by_kind": {k: {"peak_pss_mib": v // 1024, "largest_one_mib": self.max_one[k] // 1024,
-                                "most_at_once": self.count_by_kind[k]} for k, v in sorted(self.peak_by_kind.items())}}
+                                "most_at_once": self.count_by_kind[k],
+                                "cpu_s": round(sum(t for kk, t in self.cpu_ticks.values() if kk == k) / _HZ)}
+                            for k, v in sorted(self.peak_by_kind.items())}}
+
+
+_HZ = os.sysconf("SC_CLK_TCK")
 
 
 def _meminfo(field_name: str) -> int:
@@ -399,8 +408,6 @@ def _meminfo(field_name: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("FGSSL_LOAD_TEST") != "1",
-                    reason="load check: set FGSSL_LOAD_TEST=1 (and FGSSL_LOAD_NODES, default 20); several minutes")
 def test_load_many_supernodes_three_rounds(tmp_path):
     """N SuperNodes (default 20) on loopback, 3 rounds of the tiny model, every update accepted; prints time/memory."""
     n = int(os.environ.get("FGSSL_LOAD_NODES", "20"))
@@ -422,10 +429,13 @@ def test_load_many_supernodes_three_rounds(tmp_path):
     try:
         serve.wait_for(rf"registered {n} SuperNode public keys", 300)
         t_registered = time.monotonic() - t0
-        for i in range(n):
-            nodes.append(Proc(_node_args(port, certs.ca_cert, certs.nodes[i].private_key, i, tmp_path / f"s{i}", 120),
-                              tmp_path / f"node{i}.out", env))
-            memory.add(nodes[-1].popen.pid)
+        # One `fgssl nodes`: n real SuperNodes, each with its own key, state and TLS connection, and one warm
+        # ClientApp launcher for all (n launchers would each hold their own torch import).
+        nodes.append(Proc([sys.executable, "-m", "cli.nodes_cmd", "--superlink", f"127.0.0.1:{port}", "--ca",
+                           str(certs.ca_cert), "--certs", str(certs.out), "--sites", f"0-{n - 1}", "--dataset",
+                           "synthetic", "--state-dir", str(tmp_path / "sites"), "--max-wait-time", "120"],
+                          tmp_path / "nodes.out", env))
+        memory.add(nodes[-1].popen.pid)
         deadline = time.monotonic() + 1800
         while serve.popen.poll() is None and time.monotonic() < deadline and not memory.short.is_set():
             time.sleep(1)
@@ -450,3 +460,74 @@ def test_load_many_supernodes_three_rounds(tmp_path):
     for rnd in (1, 2, 3):
         statuses = {r["site"]: r.get("status") for r in records if r["round"] == rnd and r["site"] != "pooled"}
         assert len(statuses) == n and set(statuses.values()) == {"accepted"}, (rnd, statuses)
+
+
+def _node_without_superlink(tmp_path: Path) -> tuple[Proc, int, int, Path]:
+    """`fgssl node` pointed at a port where no SuperLink listens (it keeps retrying for 60 s); returns it, its
+    SuperNode's and its launcher's pids, and its state folder, once the launcher polls the SuperNode."""
+    certs = generate(tmp_path / "certs", nodes=1)
+    state = tmp_path / "state"
+    node = Proc(_node_args(_free_port(), certs.ca_cert, certs.nodes[0].private_key, 0, state, 60),
+                tmp_path / "node.out", _env(tmp_path))
+    m = node.wait_for(r"SuperNode started \(pid (\d+)\); ClientApps run in forks of pid (\d+)", 60)
+    deadline = time.monotonic() + 90
+    while "polling the SuperNode's Runtime API" not in (state / "clientapp.log").read_text(errors="replace"):
+        assert time.monotonic() < deadline and node.popen.poll() is None, (state / "clientapp.log").read_text()
+        time.sleep(0.3)
+    return node, int(m.group(1)), int(m.group(2)), state
+
+
+def test_the_runtime_api_serves_tasks_only_to_requests_signed_with_the_node_secret(tmp_path):
+    from cli.warm_clientapps import Launcher, RefusedSecret
+
+    node, supernode, _, state = _node_without_superlink(tmp_path)
+    try:
+        secret = state / "runtime.secret"
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_bytes()) == 32
+        port = re.search(r"--port (\d+)", Path(f"/proc/{supernode}/cmdline").read_bytes().replace(b"\0", b" ")
+                         .decode()).group(1)
+        address = f"127.0.0.1:{port}"
+        home = state / "flwr-home"
+        signed = Launcher({address: (supernode, home)}, secret.read_bytes(), poll_s=0.1)
+        forged = Launcher({address: (supernode, home)}, b"x" * 32, poll_s=0.1)
+        try:
+            assert signed.acquire(address) is None and signed.answering[address]  # answered: no run, no task
+            with pytest.raises(RefusedSecret, match="refused this launcher's secret"):
+                forged.acquire(address)
+        finally:
+            signed.stop()
+            forged.stop()
+    finally:
+        node.stop()
+        left = _kill_leftovers(str(tmp_path))
+    assert left == []
+
+
+def test_node_stops_with_a_clear_error_when_its_clientapp_launcher_dies(tmp_path):
+    node, supernode, launcher, state = _node_without_superlink(tmp_path)
+    try:
+        os.kill(launcher, signal.SIGKILL)
+        assert node.wait(60) == 1
+    finally:
+        node.stop()
+        left = _kill_leftovers(str(tmp_path))
+    assert "the ClientApp launcher stopped, so this node could run no task" in node.text
+    assert str(state / "clientapp.log") in node.text
+    assert not Path(f"/proc/{supernode}").exists() and left == []
+
+
+def test_nodes_names_the_missing_keys_and_rejects_bad_site_lists(tmp_path):
+    from cli.nodes_cmd import parse_sites
+
+    assert parse_sites("0-2,5") == [0, 1, 2, 5]
+    for bad in ("", "a", "1-", "0-2,1"):
+        with pytest.raises(Exception, match="site id|give each site once"):
+            parse_sites(bad)
+    generate(tmp_path / "certs", nodes=2)
+    proc = subprocess.run([*FGSSL, "nodes", "--superlink", "127.0.0.1:9", "--ca", str(tmp_path / "certs" / "ca.crt"),
+                           "--certs", str(tmp_path / "certs"), "--sites", "0-3", "--dataset", "synthetic",
+                           "--state-dir", str(tmp_path / "state")], cwd=REPO, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "no key for 2 of the sites" in proc.stderr and "node_2/node.key" in proc.stderr, proc.stderr
+    assert not (tmp_path / "state").exists()  # nothing started, nothing written

@@ -20,7 +20,7 @@ def small_cfg(**over) -> Config:
     return config_from_dict(raw)
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("backbone", ["resnet10", "resnet18", "resnet34", "resnet50"])
 @pytest.mark.parametrize("norm", ["batch", "group"])
 def test_shapes_of_every_branch(backbone, norm):
     cfg = small_cfg(model__backbone=backbone, model__norm=norm)
@@ -31,6 +31,24 @@ def test_shapes_of_every_branch(backbone, norm):
         assert out.logits[b].shape == (2, 5)
     assert out.combined_logits().shape == (2, 5)
     assert torch.allclose(out.combined_logits(), sum(out.logits[b] for b in BRANCHES))
+
+
+@pytest.mark.parametrize("backbone, expansion", [("resnet10", 1), ("resnet50", 4)])
+def test_a_narrow_backbone_has_width_2x_4x_8x_channels_and_refuses_full_width_weights(tmp_path, backbone, expansion):
+    full = build_model(small_cfg(model__backbone=backbone).model, 3)
+    narrow = build_model(small_cfg(model__backbone=backbone, model__width=16).model, 3)
+    assert narrow.backbone.conv1.out_channels == 16
+    feats = narrow._features(torch.randn(2, 3, 64, 64), 3)
+    assert [f.shape[1] for f in feats] == [k * 16 * expansion for k in (2, 4, 8)]
+    assert narrow(torch.randn(2, 3, 64, 64)).combined_logits().shape == (2, 3)
+    count = lambda m: sum(p.numel() for p in m.backbone.parameters())  # noqa: E731
+    assert count(narrow) < count(full) / 10  # convolution weights shrink with the square of the width
+    path = tmp_path / "full.pth"
+    torch.save(full.backbone.state_dict(), path)
+    with pytest.raises(ValueError, match=r"conv1.weight is \(64, 3, 7, 7\) there but \(16, 3, 7, 7\)"):
+        build_model(small_cfg(model__backbone=backbone, model__width=16, model__weights=str(path)).model, 3)
+    with pytest.raises(ConfigError, match="model.width"):
+        small_cfg(model__width=0)
 
 
 def test_single_branch_forward_matches_full_forward():
