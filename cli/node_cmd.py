@@ -106,8 +106,12 @@ class Watch:
             self.reasons.append(reason)
 
 
+# The name this process's lines start with (`fgssl nodes` runs the same code for several sites).
+COMMAND = "fgssl node"
+
+
 def _say(line: str) -> None:
-    print(f"fgssl node: {line}", flush=True)
+    print(f"{COMMAND}: {line}", flush=True)
 
 
 @dataclass
@@ -233,7 +237,7 @@ def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path) -
         if w.gave_up_at is not None or w.reasons or s.code != 0:
             failed += 1
             reason = _explain(s, superlink, args, launcher_dir / "clientapp.log")
-            print(f"fgssl node: error: {w.prefix}{reason} (SuperNode exit code {s.code}; log: "
+            print(f"{COMMAND}: error: {w.prefix}{reason} (SuperNode exit code {s.code}; log: "
                   f"{s.state / 'supernode.log'})", file=sys.stderr)
     if failed:
         return 1

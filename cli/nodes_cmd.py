@@ -16,6 +16,7 @@ from pathlib import Path
 from client.node_settings import NodeConfigError
 
 from .federation import DeployError
+from . import node_cmd
 from .node_cmd import Site, Watch, add_shared_arguments, run_sites
 from .processes import free_port
 
@@ -47,6 +48,7 @@ def parse_sites(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     if "torch" in sys.modules and sys.argv[1:2] == ["nodes"]:
         os.execv(sys.executable, [sys.executable, "-m", "cli.nodes_cmd", *sys.argv[2:]])  # light, as `fgssl node`
+    node_cmd.COMMAND = "fgssl nodes"
     certs = Path(args.certs).expanduser().resolve()
     state = Path(args.state_dir).expanduser().resolve()
     sites = [Site(i, certs / "nodes" / f"node_{i}" / "node.key", state / f"site{i}", free_port(),
