@@ -34,17 +34,30 @@ _ACQUIRE = "/flwr.proto.Runtime/AcquireTask"
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def _run_task(address: str, token: str, flwr_home: Path, threads: int | None) -> int:
-    """In the forked child: run one ClientApp task to its end with Flower's own code, in its node's Flower home
-    (each node installs the run's FAB there; nodes sharing one folder would read each other's half-written copy)."""
+def prepare_child(flwr_home: Path, threads: int | None) -> None:
+    """In a forked child, before its task: the signals, folders and random state a fresh process would have.
+
+    The Flower home is the task's node's own: each node installs the run's FAB there, and nodes sharing one folder
+    would read each other's half-written copy. Forked children would all continue the parent's NumPy stream, where
+    fresh processes each seed their own from the OS (Flower's SecAgg+ rounds stochastically with it); Python's
+    `random` reseeds itself at fork, DP noise comes from `secrets`, and torch's default generator starts from its
+    fixed seed either way.
+    """
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     os.environ["FLWR_HOME"] = str(flwr_home)
     os.chdir(flwr_home.parent)
+    import numpy as np
+    np.random.seed()
     if threads:
         import torch
         torch.set_num_threads(threads)
+
+
+def _run_task(address: str, token: str, flwr_home: Path, threads: int | None) -> int:
+    """In the forked child: run one ClientApp task to its end with Flower's own code."""
+    prepare_child(flwr_home, threads)
     from flwr.supernode.runtime.run_clientapp import run_clientapp
     try:
         run_clientapp(runtime_api_address=address, token=token, insecure=True, certificates=None,
