@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from client.node_settings import NodeConfigError, NodeSettings
 from fgssl.config import DATASETS
@@ -127,8 +127,8 @@ class Site:
 
 
 def _explain(site: Site, superlink: str, args: argparse.Namespace, launcher_log: Path) -> str:
-    reasons, gave_up, connected, code = site.watch.reasons, site.watch.gave_up_at is not None, \
-        site.watch.node_id is not None, site.code or 0
+    reasons, code = site.watch.reasons, site.code or 0
+    gave_up, connected = site.watch.gave_up_at is not None, site.watch.node_id is not None
     if "tls" in reasons:
         return (f"TLS: the SuperLink at {superlink} presented a certificate that {args.ca} does not vouch for "
                 "(is --ca the federation's ca.crt, and is this host name among the certificate's --hosts?)")
@@ -149,11 +149,30 @@ def _explain(site: Site, superlink: str, args: argparse.Namespace, launcher_log:
     return "the SuperNode stopped unexpectedly"
 
 
+def become_light(command: str, module: str) -> None:
+    """Re-execute `fgssl COMMAND ...` as `python -m MODULE ...`, without torch.
+
+    The `fgssl` entry point imports every command, torch among them (~370 MB of private memory); a node's supervisor
+    runs for as long as the hospital stays in the federation.
+    """
+    if "torch" in sys.modules and sys.argv[1:2] == [command]:
+        os.execv(sys.executable, [sys.executable, "-m", module, *sys.argv[2:]])
+
+
+def standalone_main(prog: str, doc: str, add: Callable[[argparse.ArgumentParser], None],
+                    run_command: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+    """`python -m cli.node_cmd` / `cli.nodes_cmd`: the same arguments and exit codes as through `fgssl`."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    add(parser)
+    try:
+        return run_command(parser.parse_args(argv))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def run(args: argparse.Namespace) -> int:
-    if "torch" in sys.modules and sys.argv[1:2] == ["node"]:
-        # The `fgssl` entry point imports every command, torch among them (~370 MB of private memory); a node's
-        # supervisor runs for as long as the hospital stays in the federation, so it becomes this light module.
-        os.execv(sys.executable, [sys.executable, "-m", "cli.node_cmd", *sys.argv[2:]])
+    become_light("node", "cli.node_cmd")
     try:
         return _node(args)
     except (DeployError, NodeConfigError) as e:
@@ -161,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def common_paths(args: argparse.Namespace) -> tuple[str, Path, Path | None]:
+def _common_paths(args: argparse.Namespace) -> tuple[str, Path, Path | None]:
     """The SuperLink address, the CA and the data root, checked."""
     host, port = parse_address(args.superlink, "--superlink")
     ca = Path(args.ca).expanduser().resolve()
@@ -187,7 +206,7 @@ def _supernode(site: Site, args: argparse.Namespace, superlink: str, ca: Path, r
 
 def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path) -> int:
     """Start a SuperNode per site and one warm ClientApp launcher for all of them; supervise until they end."""
-    superlink, ca, root = common_paths(args)
+    superlink, ca, root = _common_paths(args)
     secret = launcher_dir / "runtime.secret"
     commands = [_supernode(s, args, superlink, ca, root, secret) for s in sites]  # checks every key first
     launcher_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -271,13 +290,7 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fgssl node", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except KeyboardInterrupt:
-        print("fgssl node: interrupted", file=sys.stderr)
-        return 130
+    return standalone_main("fgssl node", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

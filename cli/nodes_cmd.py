@@ -9,7 +9,6 @@ torch once instead of once per node (about 700 MB each).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from client.node_settings import NodeConfigError
 
 from .federation import DeployError
 from . import node_cmd
-from .node_cmd import Site, Watch, add_shared_arguments, run_sites
+from .node_cmd import Site, Watch, add_shared_arguments, become_light, run_sites, standalone_main
 from .processes import free_port
 
 
@@ -46,8 +45,7 @@ def parse_sites(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if "torch" in sys.modules and sys.argv[1:2] == ["nodes"]:
-        os.execv(sys.executable, [sys.executable, "-m", "cli.nodes_cmd", *sys.argv[2:]])  # light, as `fgssl node`
+    become_light("nodes", "cli.nodes_cmd")
     node_cmd.COMMAND = "fgssl nodes"
     certs = Path(args.certs).expanduser().resolve()
     state = Path(args.state_dir).expanduser().resolve()
@@ -65,13 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fgssl nodes", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except KeyboardInterrupt:
-        print("fgssl nodes: interrupted", file=sys.stderr)
-        return 130
+    return standalone_main("fgssl nodes", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
