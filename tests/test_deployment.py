@@ -409,7 +409,13 @@ def _meminfo(field_name: str) -> int:
 
 @pytest.mark.slow
 def test_load_many_supernodes_three_rounds(tmp_path):
-    """N SuperNodes (default 20) on loopback, 3 rounds of the tiny model, every update accepted; prints time/memory."""
+    """N SuperNodes (default 20) on loopback, 3 rounds of the tiny model, no failed round; prints time/memory.
+
+    `min_nodes` is N - 1, as a coordinator would set it: Flower 1.42's SuperNode does not retry a reply whose upload
+    failed (flwrlabs/flower#7618), and that happened once in CI (one of 60 replies; the round would have waited out
+    the 180 s push session and gone on). More than one lost reply in a round fails the check, and any lost one is
+    printed with what the nodes logged about it.
+    """
     n = int(os.environ.get("FGSSL_LOAD_NODES", "20"))
     t0 = time.monotonic()
     env = _env(tmp_path)
@@ -417,7 +423,9 @@ def test_load_many_supernodes_three_rounds(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(merge(TINY, {
         "data": {"num_samples": 40 * n},
-        "federation": {"sites": n, "min_nodes": n, "ssl_rounds": 1, "finetune_rounds": 2, "round_timeout_s": 900}})))
+        "federation": {"sites": n, "min_nodes": n - 1, "ssl_rounds": 1, "finetune_rounds": 2,
+                       # a round takes 30-80 s here; a lost reply surfaces after the 180 s push session
+                       "round_timeout_s": 400}})))
     port = _free_port()
     run_dir = tmp_path / "run"
     baseline = _meminfo("MemAvailable")
@@ -448,18 +456,43 @@ def test_load_many_supernodes_three_rounds(tmp_path):
     seconds = time.monotonic() - t0
     log = (run_dir / "flwr-run.log").read_text() if (run_dir / "flwr-run.log").exists() else ""
     rounds = [float(m) for m in re.findall(r"round \d+/3 \[\w+\] (\d+)s", log)]
+    metrics = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    lost = {f"round {r['round']} site {r['site']}": r.get("reason", r.get("eval_error"))
+            for r in records if r["site"] != "pooled" and (r.get("status") != "accepted" or "eval_error" in r)}
     figures = {"nodes": n, "total_s": round(seconds), "registered_after_s": round(t_registered), "round_s": rounds,
                **memory.figures(), "machine_mem_available_drop_mib": (baseline - memory.min_available) // 1024,
-               "aborted_low_memory": memory.short.is_set()}
+               "aborted_low_memory": memory.short.is_set(), "lost_replies": lost}
     print("\nload figures:", json.dumps(figures))
     (tmp_path / "load.json").write_text(json.dumps(figures))
+    problems = _node_side_problems(tmp_path / "sites", run_dir) if code != 0 or lost else ""
+    if problems:
+        print(problems)
     assert not memory.short.is_set(), f"stopped: the machine ran low on memory {figures}"
-    assert code == 0, serve.text[-4000:]
+    assert code == 0, serve.text[-3000:] + problems
     assert leftovers == []
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for rnd in (1, 2, 3):
         statuses = {r["site"]: r.get("status") for r in records if r["round"] == rnd and r["site"] != "pooled"}
-        assert len(statuses) == n and set(statuses.values()) == {"accepted"}, (rnd, statuses)
+        assert len(statuses) == n and list(statuses.values()).count("accepted") >= n - 1, (rnd, statuses, problems)
+
+
+def _node_side_problems(sites: Path, run_dir: Path) -> str:
+    """The warnings and errors the SuperNodes, the ClientApp tasks and the SuperLink logged while the run was on
+    (a SuperLink that has stopped makes every SuperNode warn as it retries; those lines come after the run's last
+    message and are left out)."""
+    def notable(path: Path, pattern: str) -> list[str]:
+        if not path.exists():
+            return []
+        lines = path.read_text(errors="replace").splitlines()
+        last_sent = max((i for i, line in enumerate(lines) if "Sent successfully" in line), default=len(lines))
+        return [f"{path.relative_to(path.parents[1])}: {line}" for i, line in enumerate(lines)
+                if re.search(pattern, line) and not ("Connection attempt failed" in line and i > last_sent)
+                and "EXPERIMENTAL" not in line]
+    found = [*notable(run_dir / "superlink.log", r"ERROR|Traceback|Exception"),
+             *notable(sites / "clientapp.log", r"ERROR|Traceback|exited with code|Failed"),
+             *(line for log in sorted(sites.glob("site*/supernode.log"))
+               for line in notable(log, r"WARNING|ERROR|Failed"))]
+    return "\nnode-side warnings and errors:\n" + "\n".join(found[-60:]) if found else ""
 
 
 def _node_without_superlink(tmp_path: Path) -> tuple[Proc, int, int, Path]:
