@@ -44,3 +44,14 @@ def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.
     if check and proc.returncode != 0:
         raise AssertionError(f"fgssl {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """One finished 3-round simulation of two sites (1 SSL + 2 fine-tune rounds), shared by the tests that read a
+    run directory; they copy it before changing anything."""
+    root = tmp_path_factory.mktemp("finished")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(merge(TINY, {"federation": {"sites": 2, "ssl_rounds": 1, "finetune_rounds": 2}})))
+    run_cli("simulate", "--config", str(cfg), "--out", str(root / "run"), "--quiet")
+    return root / "run"

@@ -16,12 +16,9 @@ PNG_PX = (round(REPORT_FIGSIZE[0] * REPORT_DPI), round(REPORT_FIGSIZE[1] * REPOR
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, finished_run):
     root = tmp_path_factory.mktemp("compare")
-    sim_cfg = root / "sim.yaml"
-    sim_cfg.write_text(yaml.safe_dump(merge(TINY, {"federation": {"sites": 2, "ssl_rounds": 1,
-                                                                  "finetune_rounds": 2}})))
-    run_cli("simulate", "--config", str(sim_cfg), "--out", str(root / "sim"), "--quiet")
+    shutil.copytree(finished_run, root / "sim")
     train_cfg = root / "train.yaml"
     train_cfg.write_text(yaml.safe_dump(merge(TINY, {"data": {"num_samples": 120},
                                                      "train": {"ssl_epochs": 1, "finetune_epochs": 1}})))

@@ -423,7 +423,7 @@ def test_load_many_supernodes_three_rounds(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(merge(TINY, {
         "data": {"num_samples": 40 * n},
-        "federation": {"sites": n, "min_nodes": n - 1, "ssl_rounds": 1, "finetune_rounds": 2,
+        "federation": {"sites": n, "min_nodes": n - 1, "ssl_rounds": 2, "finetune_rounds": 1,
                        # a round takes 30-80 s here; a lost reply surfaces after the 180 s push session
                        "round_timeout_s": 400}})))
     port = _free_port()

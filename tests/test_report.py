@@ -10,7 +10,7 @@ import yaml
 from cli.jigsaw_figure import JIGSAW_FIGSIZE
 from cli.plots import CONFUSION_FIGSIZE, PARTITION_FIGSIZE, REPORT_DPI, REPORT_FIGSIZE
 
-from .conftest import TINY, merge, run_cli
+from .conftest import run_cli
 
 CURVE_PX = (round(REPORT_FIGSIZE[0] * REPORT_DPI), round(REPORT_FIGSIZE[1] * REPORT_DPI))
 EXPECTED = {  # plot file -> (width, height) in pixels
@@ -33,15 +33,6 @@ def check_plots(run, expected):
         p = run / "plots" / name
         assert p.is_file() and p.stat().st_size > 5000, name
         assert png_size(p) == size, name
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(merge(TINY, {"federation": {"sites": 2, "ssl_rounds": 1, "finetune_rounds": 2}})))
-    run_cli("simulate", "--config", str(cfg), "--out", str(root / "run"), "--quiet")
-    return root / "run"
 
 
 def test_report_on_a_finished_run(finished_run, tmp_path):
