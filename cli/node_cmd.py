@@ -26,7 +26,7 @@ from fgssl.config import DATASETS
 
 from .federation import (DeployError, check_private_file, flower_env, join_address, launcher_command,
                          node_config_arg, parse_address, supernode_command, write_runtime_secret)
-from .processes import Child, become_subreaper, free_port, stop_orphans
+from .processes import Child, become_subreaper, free_port, stop_all
 
 _ROUND = re.compile(r"\[RUN (\d+)(?:, ROUND ([^\]]*))?\]")
 _RECEIVING = re.compile(r"Receiving: (\w+) message")
@@ -241,15 +241,10 @@ def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path) -
              + (f" and the ClientApp launcher (pid {launcher.pid})" if launcher else ""))
         raise
     finally:
-        children = [c for c in (launcher, *(s.node for s in sites)) if c is not None]
-        for child in children:
-            child.request_stop()
+        stop_all([launcher, *(s.node for s in sites)])
         for s in sites:
             if s.node is not None:
-                s.code = s.node.stop()
-        if launcher is not None:
-            launcher.stop()
-        stop_orphans({s.node.pid for s in sites if s.node} | ({launcher.pid} if launcher else set()))
+                s.code = s.node.returncode
     failed = 0
     for s in sites:
         w = s.watch

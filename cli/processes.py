@@ -90,10 +90,17 @@ class Child:
     def returncode(self) -> int | None:
         return self.popen.poll()
 
-    def wait(self, timeout: float | None = None) -> int:
+    def wait(self, timeout: float | None = None, output_timeout: float = 5.0) -> int:
         code = self.popen.wait(timeout)
-        self._reader.join(timeout=5)
+        # A helper the child left behind may hold its output pipe open: do not wait for that one.
+        self._reader.join(timeout=output_timeout)
         return code
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # its own session: the group is this child and its kin
+        except ProcessLookupError:
+            pass
 
     def request_stop(self) -> None:
         """SIGTERM without waiting: many children can then wind down at once before `stop` waits for each."""
@@ -110,13 +117,51 @@ class Child:
                 os.kill(self.pid, signal.SIGTERM)
                 self.popen.wait(grace)
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)  # its own session: the group is this child and its kin
-                except ProcessLookupError:
-                    pass
+                self.kill_group()
             except ProcessLookupError:
                 pass
         return self.wait(timeout=grace)
+
+
+STOP_GRACE_S = 4.0  # SIGTERM to SIGKILL when shutting down; the whole stop stays under 10 s
+
+
+def stop_all(children: Sequence[Child | None], grace: float = STOP_GRACE_S, orphan_grace: float = 1.0) -> None:
+    """Stop every child at once and reap the helpers re-parented to us, all within ~`grace` + 3·`orphan_grace` s.
+
+    One shared deadline, not a grace period per child: Flower's processes can take seconds each to exit under load
+    (each waits for its own helpers), and sequential waits of 10 s per child added up to over a minute. Further
+    SIGINT/SIGTERM are ignored meanwhile, so a second Ctrl-C cannot abort the clean-up half way and leave orphans.
+    """
+    live = [c for c in children if c is not None]
+    with _signals_ignored():
+        for child in live:
+            child.request_stop()
+        deadline = time.monotonic() + grace
+        for child in live:
+            try:
+                child.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill_group()
+        for child in live:
+            try:
+                child.wait(timeout=2.0, output_timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass  # SIGKILLed but not yet gone (uninterruptible I/O): nothing more to send it
+        stop_orphans({c.pid for c in live}, grace=orphan_grace)
+
+
+class _signals_ignored:
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> None:
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in self._SIGNALS}
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def wait_for_port(host: str, port: int, child: Child, timeout: float) -> None:

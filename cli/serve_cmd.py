@@ -27,7 +27,7 @@ from .common import format_table
 from .federation import (DeployError, ServerCerts, find_public_keys, flower_env, flwr_run_command, join_address,
                          local_host_for, parse_address, register_keys, superlink_command, write_connection,
                          write_run_config)
-from .processes import Child, ChildExited, become_subreaper, stop_orphans, tail, wait_for_port
+from .processes import Child, ChildExited, become_subreaper, stop_all, tail, wait_for_port
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "simulations" / "configs" / "default.yaml"
 TABLE = ["site", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "epsilon"]
@@ -168,15 +168,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _shutdown(runner: Child | None, superlink: Child | None, flwr_home: Path, say: Callable[[str], None]) -> None:
-    known = set()
     for child in (runner, superlink):
-        if child is None:
-            continue
-        known.add(child.pid)
-        if child.alive():
+        if child is not None and child.alive():
             say(f"fgssl serve: stopping {child.name} (pid {child.pid})")
-        child.stop()
-    stop_orphans(known)
+    stop_all([runner, superlink])
     shutil.rmtree(flwr_home, ignore_errors=True)
 
 

@@ -171,7 +171,7 @@ class Launcher:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 3  # inside the supervisor's grace (processes.STOP_GRACE_S)
         while self.children and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.1)

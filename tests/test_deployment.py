@@ -275,30 +275,102 @@ def test_private_keys_are_private_and_never_logged(federation):
     assert scanned > 10
 
 
-def _serve_waiting(tmp_path: Path, app_running: bool) -> tuple[Proc, int]:
-    """`fgssl serve` up to the launch of the app (or until its ServerApp waits for hospitals, which never come);
-    returns it and the SuperLink's pid."""
+def _serve_proc(tmp_path: Path) -> Proc:
+    """`fgssl serve` for one hospital (sites=1, min_nodes=1), its certificates under tmp_path/certs."""
     certs = generate(tmp_path / "certs", nodes=1)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(merge(TINY, {"federation": {"sites": 1, "min_nodes": 1}})))
-    serve = Proc([*FGSSL, "serve", "--certs", str(certs.out), "--address", f"127.0.0.1:{_free_port()}",
-                  "--config", str(config), "--out", str(tmp_path / "run")], tmp_path / "serve.out", _env(tmp_path))
+    return Proc([*FGSSL, "serve", "--certs", str(certs.out), "--address", f"127.0.0.1:{_free_port()}",
+                 "--config", str(config), "--out", str(tmp_path / "run")], tmp_path / "serve.out", _env(tmp_path))
+
+
+def _serve_waiting(tmp_path: Path, app_running: bool) -> tuple[Proc, int]:
+    """`fgssl serve` up to the launch of the app (or until its ServerApp waits for hospitals, which never come);
+    returns it and the SuperLink's pid."""
+    serve = _serve_proc(tmp_path)
     pid = int(serve.wait_for(r"SuperLink up \(pid (\d+)\)", 90).group(1))
     serve.wait_for(r"waiting up to \d+ s for 1 SuperNodes" if app_running else "launching the app", 90)
     return serve, pid
 
 
-@pytest.mark.slow
-def test_serve_stops_everything_on_ctrl_c(tmp_path):
-    serve, superlink = _serve_waiting(tmp_path, app_running=True)
+STOP_LIMIT_S = 10.0  # Ctrl-C / SIGTERM to every started process gone, in every state
+
+
+def _stop_within_limit(proc: Proc, sig: int = signal.SIGINT) -> float:
+    t0 = time.monotonic()
+    os.kill(proc.popen.pid, sig)
+    proc.wait(STOP_LIMIT_S)
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("state", ["starting", "waiting for nodes"])
+def test_serve_stops_everything_promptly(tmp_path, state):
+    if state == "starting":
+        serve = _serve_proc(tmp_path)
+        serve.wait_for(r"starting the SuperLink", 90)
+        superlink = None
+    else:
+        serve, superlink = _serve_waiting(tmp_path, app_running=True)
     try:
-        os.kill(serve.popen.pid, signal.SIGINT)
-        assert serve.wait(60) == 130
+        seconds = _stop_within_limit(serve)
     finally:
         serve.stop()
         left = _kill_leftovers(str(tmp_path))
-    assert f"stopping the SuperLink (pid {superlink})" in serve.text and "interrupted" in serve.text
-    assert not Path(f"/proc/{superlink}").exists() and left == []
+    print(f"\nserve stopped in {seconds:.1f} s while {state}")
+    assert serve.popen.returncode == 130 and "interrupted" in serve.text, serve.text[-2000:]
+    if superlink is not None:
+        assert f"stopping the SuperLink (pid {superlink})" in serve.text
+        assert not Path(f"/proc/{superlink}").exists()
+    assert left == []
+
+
+@pytest.mark.slow
+def test_serve_and_node_stop_promptly_mid_round(tmp_path):
+    """Both sides get their signal while the hospital trains: each stops all it started within the limit."""
+    serve, _ = _serve_waiting(tmp_path, app_running=True)
+    certs = tmp_path / "certs"
+    node = Proc(_node_args(int(re.search(r"127\.0\.0\.1:(\d+)", serve.text).group(1)), certs / "ca.crt",
+                           certs / "nodes" / "node_0" / "node.key", 0, tmp_path / "state", 30),
+                tmp_path / "node.out", _env(tmp_path))
+    try:
+        node.wait_for(r"train message received", 180)
+        node_s = _stop_within_limit(node, signal.SIGTERM)
+        serve_s = _stop_within_limit(serve)
+    finally:
+        node.stop()
+        serve.stop()
+        left = _kill_leftovers(str(tmp_path))
+    print(f"\nmid-round: node stopped in {node_s:.1f} s, serve in {serve_s:.1f} s")
+    assert node.popen.returncode == 130 and "stopping the SuperNode" in node.text, node.text[-2000:]
+    assert serve.popen.returncode == 130, serve.text[-2000:]
+    assert left == []
+
+
+def _wait_for_file_text(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no {text!r} in {path} within {timeout:.0f} s")
+
+
+def test_node_stops_promptly_while_it_waits_for_the_superlink(tmp_path):
+    """The SuperNode retries a SuperLink that is not there yet and the launcher polls it: a hospital gives up."""
+    certs = generate(tmp_path / "certs", nodes=1)
+    node = Proc(_node_args(_free_port(), certs.ca_cert, certs.nodes[0].private_key, 0, tmp_path / "state", 300),
+                tmp_path / "node.out", _env(tmp_path))
+    try:
+        node.wait_for(r"SuperNode started \(pid \d+\)", 60)
+        _wait_for_file_text(tmp_path / "state" / "supernode.log", "Connection attempt failed", 60)
+        _wait_for_file_text(tmp_path / "state" / "clientapp.log", "ClientApp launcher ready", 60)
+        seconds = _stop_within_limit(node)
+    finally:
+        node.stop()
+        left = _kill_leftovers(str(tmp_path))
+    print(f"\nwaiting node stopped in {seconds:.1f} s")
+    assert node.popen.returncode == 130 and "stopping the SuperNode" in node.text, node.text[-2000:]
+    assert left == []
 
 
 @pytest.mark.slow
