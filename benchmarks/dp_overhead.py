@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fgssl.config import config_from_dict  # noqa: E402
 from fgssl.jigsaw import jigsaw  # noqa: E402
 from fgssl.model import BRANCHES, CONCAT, build_model  # noqa: E402
-from fgssl.privacy.dp_train import DPStepper, PerSampleGradients, clip_and_sum  # noqa: E402
+from fgssl.privacy.dp_train import DPSettings, DPStepper, PerSampleGradients, clip_and_sum  # noqa: E402
 from fgssl.train import finetune_batch, make_optimizer, ssl_batch  # noqa: E402
 
 ALL_MODES = ("hooks", "functorch", "ew", "ghost")
@@ -118,8 +118,9 @@ def build_step(workload: str, mode: str, base_model, cfg, x, y, dev):
             opt.step()
         return single
 
-    stepper = DPStepper(model, opt, phase=phase, max_grad_norm=CLIP, noise_multiplier=SIGMA, expected_batch_size=b,
-                        statistic_noise_multiplier=2 * SIGMA, grad_sample_mode=mode, generator=gen)
+    dp = DPSettings(noise_multiplier=SIGMA, max_grad_norm=CLIP, statistic_noise_multiplier=2 * SIGMA,
+                    grad_sample_mode=mode)
+    stepper = DPStepper(model, opt, dp, phase=phase, expected_batch_size=b, generator=gen)
     w = cfg.loss.concat_weight
 
     def dp_batch():

@@ -137,7 +137,7 @@ def save_jigsaw_views(path: Path, ex: Examples, title: str) -> Path:
 
     from fgssl.jigsaw import jigsaw
 
-    from .plots import REPORT_DPI, _save  # matplotlib only when drawing
+    from .plots import REPORT_DPI, save_figure  # matplotlib only when drawing
     import matplotlib.pyplot as plt
 
     x = torch.from_numpy(ex.images)
@@ -171,4 +171,4 @@ def save_jigsaw_views(path: Path, ex: Examples, title: str) -> Path:
             ax.set_ylim(h - 0.5, -0.5)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -19,14 +19,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from client.node_settings import NodeConfigError, NodeSettings
 from fgssl.config import DATASETS
 
 from .federation import (DeployError, check_private_file, flower_env, join_address, launcher_command,
                          node_config_arg, parse_address, supernode_command, write_runtime_secret)
-from .processes import Child, become_subreaper, free_port, stop_all
+from .processes import Child, become_subreaper, free_port, stop_all, stop_on_signals
 
 _ROUND = re.compile(r"\[RUN (\d+)(?:, ROUND ([^\]]*))?\]")
 _RECEIVING = re.compile(r"Receiving: (\w+) message")
@@ -212,9 +212,7 @@ def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path) -
     launcher_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_runtime_secret(secret)
 
-    def stop_on_sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    stop_on_signals()
     become_subreaper()
 
     data = "share of the built-in synthetic data" if args.dataset == "synthetic" else f"{args.dataset} in {root}"

@@ -11,115 +11,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from fgssl.data import synthetic  # noqa: E402
-
-
-def _examples_per_class(
-    seed: int, per_class: int, num_classes: int, search_limit: int = 200_000
-) -> list[np.ndarray]:
-    """The first ``per_class`` indices of each class, found from labels alone (cheap)."""
-    found: list[list[int]] = [[] for _ in range(num_classes)]
-    start, step = 0, 4096
-    while start < search_limit and any(len(f) < per_class for f in found):
-        idx = np.arange(start, start + step)
-        labels = synthetic.labels_for(idx, seed, num_classes)
-        for k in range(num_classes):
-            need = per_class - len(found[k])
-            if need > 0:
-                found[k].extend(idx[labels == k][:need].tolist())
-        start += step
-    return [np.asarray(f, dtype=np.int64) for f in found]
-
-
-def save_contact_sheet(
-    path: str | Path,
-    seed: int = 0,
-    per_class: int = 8,
-    image_size: int = 64,
-    num_classes: int = 7,
-    site_shift: float = 0.0,
-) -> Path:
-    """Grid of synthetic examples: one row per class (name, prior, texture family), ``per_class`` columns.
-
-    With ``site_shift > 0`` column ``j`` is shown as seen at site ``j % 4``.
-    """
-    path = Path(path)
-    names = synthetic.class_names(num_classes)
-    freqs = synthetic.class_frequencies(num_classes)
-    families = synthetic.texture_families(num_classes)
-    rows = _examples_per_class(seed, per_class, num_classes)
-
-    fig, axes = plt.subplots(
-        num_classes, per_class, figsize=(1.15 * per_class + 1.9, 1.15 * num_classes + 0.7), squeeze=False
-    )
-    for k, idx in enumerate(rows):
-        for j in range(per_class):
-            ax = axes[k, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if j >= idx.size:  # a very rare class may not have enough examples in the search range
-                continue
-            site = j % 4 if site_shift > 0 else None
-            img, _ = synthetic.generate(
-                idx[j : j + 1], seed, image_size, num_classes, site=site, site_shift=site_shift
-            )
-            ax.imshow(img[0].transpose(1, 2, 0), interpolation="nearest")
-        axes[k, 0].set_ylabel(
-            f"{names[k]}\n{freqs[k]:.1%}\n{families[k]}", rotation=0, ha="right", va="center", fontsize=8
-        )
-    shift = f", site shift {site_shift:g}" if site_shift > 0 else ""
-    fig.suptitle(
-        f"Synthetic lesions (seed {seed}, {image_size} px{shift}): classes differ only in texture", fontsize=10
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def save_site_sheet(
-    path: str | Path,
-    seed: int = 0,
-    indices: Sequence[int] | None = None,
-    sites: Sequence[int] = (0, 1, 2, 3),
-    site_shift: float = 1.0,
-    image_size: int = 64,
-    num_classes: int = 7,
-) -> Path:
-    """The same images (columns) without shift and as acquired at each of ``sites`` (rows).
-
-    ``indices=None`` shows the first image of each class (up to seven), so every texture appears.
-    """
-    path = Path(path)
-    if indices is None:
-        firsts = _examples_per_class(seed, 1, num_classes)[:7]
-        idx = np.concatenate(firsts)
-    else:
-        idx = np.asarray(indices, dtype=np.int64)
-    names = synthetic.class_names(num_classes)
-    row_specs: list[tuple[str, int | None]] = [("no shift", None)] + [(f"site {s}", int(s)) for s in sites]
-    fig, axes = plt.subplots(
-        len(row_specs), idx.size, figsize=(1.25 * idx.size + 1.0, 1.3 * len(row_specs) + 0.6), squeeze=False
-    )
-    for r, (label, site) in enumerate(row_specs):
-        imgs, labels = synthetic.generate(idx, seed, image_size, num_classes, site=site, site_shift=site_shift)
-        for j in range(idx.size):
-            ax = axes[r, j]
-            ax.imshow(imgs[j].transpose(1, 2, 0), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"#{idx[j]} {names[labels[j]]}", fontsize=8)
-        axes[r, 0].set_ylabel(label, fontsize=9)
-    fig.suptitle(f"Per-site acquisition shift (site_shift={site_shift:g}, seed {seed})", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 PARTITION_FIGSIZE = (11.0, 4.8)  # inches; at PARTITION_DPI gives a 1100 x 480 px PNG
@@ -240,7 +131,7 @@ def _legend(ax, n: int) -> None:
               ncol=1 if n <= 16 else 2)
 
 
-def _save(fig, path: str | Path, dpi: int = REPORT_DPI) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = REPORT_DPI) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
@@ -261,7 +152,7 @@ def save_balanced_accuracy_curve(path: str | Path, series: Series, chance: float
     ax.set_title(title or "Test balanced accuracy per round", fontsize=11)
     _legend(ax, len(series) + 1)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 PHASE_LABELS = {
@@ -287,7 +178,7 @@ def save_loss_curves(path: str | Path, by_phase: dict[str, Series], title: str =
         axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.suptitle(title or "Local training loss per site (mean over the round's local batches)", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_epsilon_curve(path: str | Path, series: Series, budget: float | None, delta: float | None = None,
@@ -306,7 +197,7 @@ def save_epsilon_curve(path: str | Path, series: Series, budget: float | None, d
     ax.set_title(title or "Privacy loss ε per site (cumulative, from each site's ledger)", fontsize=11)
     _legend(ax, len(series) + 1)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_confusion_matrix(path: str | Path, matrix: Sequence[Sequence[int]], class_names: Sequence[str],
@@ -336,7 +227,7 @@ def save_confusion_matrix(path: str | Path, matrix: Sequence[Sequence[int]], cla
     ax.set_ylabel("true class (number of test images)")
     ax.set_title(title or "Confusion matrix", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_compare_curves(path: str | Path, series: dict[str, list[tuple[int, float]]],
@@ -361,4 +252,4 @@ def save_compare_curves(path: str | Path, series: dict[str, list[tuple[int, floa
     ax.set_title(title or f"Pooled test {metric_label} per round", fontsize=11)
     _legend(ax, len(series) + len(references))
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

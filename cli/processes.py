@@ -38,6 +38,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM (`docker stop`, kill) both raise KeyboardInterrupt, whose handler cleans up.
+
+    SIGINT is set explicitly: a process started in the background of a non-interactive shell (a CI script, `cmd &`
+    in a script, nohup) inherits SIGINT as *ignored*, and Python then installs no handler, so Ctrl-C by pid would
+    do nothing and the command would run on until SIGKILLed.
+    """
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def become_subreaper() -> bool:
     """Linux: orphaned descendants are re-parented to this process rather than to init. False elsewhere."""
     try:

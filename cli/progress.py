@@ -38,16 +38,18 @@ class Output:
     `emit(event, line, result=False, **fields)` is the single way to say something: text mode prints `line`;
     quiet mode prints it only when it is a result (where the run went, final tables); JSON mode prints
     {"event": event, **fields} instead. Progress bars (`bar`) draw with tqdm on stderr in text mode and become
-    throttled "progress" events in JSON mode.
+    throttled "progress" events in JSON mode. When stderr is not a terminal (CI, `nohup`, a log file), a bar is a
+    plain line at most every `log_interval_s` instead of a stream of carriage-return frames.
     """
 
     def __init__(self, command: str, *, quiet: bool = False, json_lines: bool = False,
-                 stream: TextIO | None = None, interval_s: float = 2.0) -> None:
+                 stream: TextIO | None = None, interval_s: float = 2.0, log_interval_s: float = 10.0) -> None:
         self.command = command
         self.json = json_lines
         self.quiet = quiet and not json_lines
         self.stream = stream
         self.interval_s = interval_s
+        self.log_interval_s = log_interval_s
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, command: str) -> "Output":
@@ -82,8 +84,9 @@ class Bar:
         self.output, self.step, self.total = output, step, total
         self.done = 0
         self.last_emit = time.monotonic()
-        self.tqdm = (tqdm(total=total, desc=step, leave=False, dynamic_ncols=True)
-                     if output.shows_progress else None)
+        terminal = output.shows_progress and sys.stderr.isatty()
+        self.tqdm = tqdm(total=total, desc=step, leave=False, dynamic_ncols=True) if terminal else None
+        self.log_lines = output.shows_progress and not terminal
 
     def __call__(self, done: int, total: int, losses: dict[str, float] | None = None) -> None:
         self.update(done, total, losses)
@@ -96,6 +99,12 @@ class Bar:
             self.tqdm.update(done - self.tqdm.n)
             if losses:
                 self.tqdm.set_postfix(loss=f"{sum(losses.values()):.3f}")
+        elif self.log_lines:
+            now = time.monotonic()
+            if now - self.last_emit >= self.output.log_interval_s:
+                self.last_emit = now
+                loss = f", loss {sum(losses.values()):.3f}" if losses else ""
+                print(f"{self.step}: {done}/{self.total}{loss}", file=sys.stderr, flush=True)
         elif self.output.json:
             now = time.monotonic()
             # throttled: a progress event per batch would swamp a reader

@@ -11,25 +11,24 @@ import argparse
 import functools
 import json
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from fgssl.config import Config, ConfigError, load_config
 from fgssl.data.classes import class_names_of
 from fgssl.rundir import RunDir, default_run_dir
 from server.deployment import config_to_run_value
+from simulations import DEFAULT_CONFIG
 
 from .common import format_table
 from .federation import (DeployError, ServerCerts, find_public_keys, flower_env, flwr_run_command, join_address,
                          local_host_for, parse_address, register_keys, superlink_command, write_connection,
                          write_run_config)
-from .processes import Child, ChildExited, become_subreaper, stop_all, tail, wait_for_port
+from .processes import Child, ChildExited, become_subreaper, stop_all, stop_on_signals, tail, wait_for_port
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "simulations" / "configs" / "default.yaml"
 TABLE = ["site", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "epsilon"]
 # Real datasets live on the hospitals: the coordinator's config names the dataset (for its classes) but no folder.
 NODE_DATA = {"data": {"root": "(each node's --root)", "csv": "(each node's --csv)"}}
@@ -76,13 +75,6 @@ def app_folder(args: argparse.Namespace) -> Path:
     return app
 
 
-def _interrupt_on_sigterm() -> None:
-    """`docker stop` / kill send SIGTERM: clean up exactly as for Ctrl-C."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         return _serve(args)
@@ -111,7 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(line, flush=True)
 
-    _interrupt_on_sigterm()
+    stop_on_signals()
     become_subreaper()
     flwr_home = Path(tempfile.mkdtemp(prefix="fgssl-serve-flwr-home-"))
     env = flower_env(flwr_home)

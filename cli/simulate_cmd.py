@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fgssl.config import ConfigError, load_config
 from fgssl.rundir import RunDir
+from simulations import DEFAULT_CONFIG
 
 from .common import format_table, open_run_dir, resolve_config, seed_everything
 from .progress import Output
 
-DEFAULT_CONFIG = Path(str(resources.files("simulations") / "configs" / "default.yaml"))
 TABLE = ["site", "num_examples", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "epsilon"]
 POOLED_SCALARS = ("balanced_accuracy", "accuracy", "macro_auc", "macro_f1")
 

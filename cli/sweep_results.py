@@ -165,7 +165,7 @@ def _x_positions(epsilons: list[float]) -> tuple[dict[float, float], float | Non
 
 def save_utility_vs_epsilon(path: Path, points: list[Point], partition_text: str) -> Path:
     """Pooled balanced accuracy and macro AUC against ε, one line per α, error bars = std over seeds."""
-    from .plots import REPORT_DPI, _save  # matplotlib only when drawing
+    from .plots import REPORT_DPI, save_figure  # matplotlib only when drawing
     import matplotlib.pyplot as plt
 
     xs, brk = _x_positions([p.epsilon for p in points])
@@ -223,4 +223,4 @@ def save_utility_vs_epsilon(path: Path, points: list[Point], partition_text: str
     axes[1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.suptitle("Utility against privacy budget: mean ± std over seeds", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

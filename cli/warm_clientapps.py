@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from .processes import stop_on_signals
+
 # The module named by [tool.flwr.app.components] clientapp in pyproject.toml: imported once, here.
 APP_MODULE = "simulations.flower_app"
 _ACQUIRE = "/flwr.proto.Runtime/AcquireTask"
@@ -194,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     importlib.import_module(APP_MODULE)
     print(f"ClientApp launcher ready (pid {os.getpid()}): {APP_MODULE} imported once; one fork per task", flush=True)
 
-    def stop_on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    stop_on_signals()
     nodes = {address: (int(pid), Path(home)) for address, pid, home in args.node}
     launcher = Launcher(nodes, args.secret_file.read_bytes(), args.poll, args.threads)
     try:

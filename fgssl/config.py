@@ -23,7 +23,7 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range. `key` is the dotted path."""
 
     def __init__(self, key: str, message: str) -> None:
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"config key '{key}': {message}")
 
 
@@ -378,6 +378,10 @@ class SimulationConfig:
             _require(f.site >= 0, f"{p}.faults[{i}].site", f"must be >= 0, got {f.site}")
 
 
+GradSampleMode = Literal["hooks", "functorch", "ew"]  # Opacus' per-sample gradient engines
+BatchReuse = Literal["fresh", "shared"]
+
+
 @dataclass(frozen=True)
 class PrivacyConfig:
     """Differential privacy of local training (see docs/privacy.md for what each guarantee protects)."""
@@ -401,9 +405,9 @@ class PrivacyConfig:
     # Expected Poisson batch size (null = train.batch_size).
     expected_batch_size: int | None = None
     accountant: Literal["rdp", "prv"] = "rdp"
-    grad_sample_mode: Literal["hooks", "functorch", "ew"] = "hooks"
+    grad_sample_mode: GradSampleMode = "hooks"
     # fresh: each progressive step draws its own Poisson batch; shared: one batch for all four (accounted σ/2).
-    batch_reuse: Literal["fresh", "shared"] = "fresh"
+    batch_reuse: BatchReuse = "fresh"
 
     def validate(self, p: str) -> None:
         _require(self.mode in ("none", "sample", "client"), f"{p}.mode",
@@ -502,8 +506,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, alt, key)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(key, f"invalid value {value!r}")
+                errors.append(e)
+        raise ConfigError(key, f"invalid value {value!r}: " + "; or ".join(e.message for e in errors))
     if tp is type(None):
         _require(value is None, key, f"expected null, got {value!r}")
         return None

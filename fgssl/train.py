@@ -1,13 +1,12 @@
 """Progressive training loops: the FG-SSL stage (Barlow Twins on jigsaw views) and PMG fine-tuning.
 
 Both run "E epochs (or S batches) from the model's current weights", so a Flower client calls them for its local
-work and `fgssl train` calls them centrally. Each batch makes four optimizer steps, one per branch, coarse to fine
-jigsaw granularity first, then the unshuffled concat branch with weight `loss.concat_weight`.
+work and `fgssl train` calls them centrally. The steps of a batch, the learning-rate schedule and the batch count
+are fgssl.recipe's, shared with the DP loop.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,27 +18,19 @@ from torch import Tensor
 from .augment import random_view
 from .config import Config
 from .data.images import ImageSet, to_float
-from .jigsaw import jigsaw
 from .losses import barlow_twins_loss
 from .metrics import classification_metrics
-from .model import BRANCHES, CONCAT, FGSSLNet
+from .model import FGSSLNet
+from .phases import trained_prefixes
+from .recipe import LOSS_NAMES, STEPS_PER_BATCH, check_finite, planned_batches, progressive_steps, set_learning_rate
 
-PHASES = ("ssl", "finetune")
 BatchCallback = Callable[[int, int, dict[str, float]], None]
-LOSS_NAMES = ("loss_block1", "loss_block2", "loss_block3", "loss_concat")
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def lr_factor(progress: float, schedule: str) -> float:
-    """Multiplier of the base learning rate at `progress` in [0, 1] of the whole schedule."""
-    if schedule == "constant":
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def make_optimizer(model: FGSSLNet, cfg: Config, phase: str) -> torch.optim.SGD:
@@ -69,17 +60,6 @@ def train_mode(model: FGSSLNet, cfg: Config) -> None:
         getattr(model, part).eval()
 
 
-def trained_prefixes(phase: str, frozen: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """Parameter-name prefixes a phase changes (the federation aggregates only these)."""
-    if phase == "ssl":
-        prefixes: tuple[str, ...] = ("backbone.", "blocks.", "heads.")
-    elif phase == "finetune":
-        prefixes = ("backbone.", "blocks.", "heads.", "classifiers.")
-    else:
-        raise ValueError(f"unknown phase '{phase}'; choose from {', '.join(PHASES)}")
-    return tuple(p for p in prefixes if p[:-1] not in frozen)
-
-
 @dataclass
 class LocalResult:
     phase: str
@@ -102,30 +82,23 @@ def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> float:
 
 def ssl_batch(model: FGSSLNet, v1: Tensor, v2: Tensor, cfg: Config, optimizer: torch.optim.Optimizer,
               generator: torch.Generator | None) -> list[float]:
-    """Four optimizer steps on two views of a batch: BT(e_b(J_nb(v1)), e_b(v2)) for b = 1..3, then w·BT(e_cat(v1), e_cat(v2))."""
+    """One step per progressive step: weight·BT(e_b(step view of v1), e_b(v2)) (jigsaw branches, then concat)."""
     lam, variant = cfg.loss.bt_lambda, cfg.loss.bt_variant
     losses = []
-    for branch, n in enumerate(cfg.model.granularities):
-        shuffled, _ = jigsaw(v1, n, generator)
-        z1 = model(shuffled, (branch,), with_logits=False).embeddings[branch]
-        z2 = model(v2, (branch,), with_logits=False).embeddings[branch]
-        losses.append(_step(optimizer, barlow_twins_loss(z1, z2, lam, variant)))
-    z1 = model(v1, (CONCAT,), with_logits=False).embeddings[CONCAT]
-    z2 = model(v2, (CONCAT,), with_logits=False).embeddings[CONCAT]
-    losses.append(_step(optimizer, cfg.loss.concat_weight * barlow_twins_loss(z1, z2, lam, variant)))
+    for step in progressive_steps(cfg):
+        z1 = model(step.view(v1, generator), (step.branch,), with_logits=False).embeddings[step.branch]
+        z2 = model(v2, (step.branch,), with_logits=False).embeddings[step.branch]
+        losses.append(_step(optimizer, step.weight * barlow_twins_loss(z1, z2, lam, variant)))
     return losses
 
 
 def finetune_batch(model: FGSSLNet, view: Tensor, y: Tensor, cfg: Config, optimizer: torch.optim.Optimizer,
                    generator: torch.Generator | None) -> list[float]:
-    """Four optimizer steps on one batch: CE(cls_b(J_nb(x)), y) for b = 1..3, then w·CE(cls_cat(x), y)."""
+    """One step per progressive step: weight·CE(cls_b(step view of x), y) (jigsaw branches, then concat)."""
     losses = []
-    for branch, n in enumerate(cfg.model.granularities):
-        shuffled, _ = jigsaw(view, n, generator)
-        logits = model(shuffled, (branch,)).logits[branch]
-        losses.append(_step(optimizer, F.cross_entropy(logits, y)))
-    logits = model(view, (CONCAT,)).logits[CONCAT]
-    losses.append(_step(optimizer, cfg.loss.concat_weight * F.cross_entropy(logits, y)))
+    for step in progressive_steps(cfg):
+        logits = model(step.view(view, generator), (step.branch,)).logits[step.branch]
+        losses.append(_step(optimizer, step.weight * F.cross_entropy(logits, y)))
     return losses
 
 
@@ -143,8 +116,7 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
     bs = cfg.train.batch_size
     # BT standardises over the batch: a batch of 1 would be undefined, so drop the ragged tail in SSL.
     drop_last = phase == "ssl"
-    per_epoch = data.num_batches(bs, drop_last)
-    total = per_epoch * epochs if max_batches is None else min(max_batches, per_epoch * max(epochs, 1))
+    total = planned_batches(data.num_batches(bs, drop_last), epochs, max_batches)
     if total == 0 or len(data) < 2:
         raise ValueError(f"{len(data)} training examples is too few for one batch of the '{phase}' phase")
     optimizer = make_optimizer(model, cfg, phase)
@@ -159,18 +131,14 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
                 break
             if xb.shape[0] < 2:
                 continue
-            p = progress[0] + (progress[1] - progress[0]) * done / total
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * lr_factor(p, cfg.optim.schedule)
+            set_learning_rate(optimizer, cfg, progress, done, total)
             x = to_float(xb, device)
             if phase == "ssl":
                 losses = ssl_batch(model, random_view(x, generator), random_view(x, generator), cfg, optimizer,
                                    generator)
             else:
                 losses = finetune_batch(model, random_view(x, generator), yb.to(device), cfg, optimizer, generator)
-            for v in losses:
-                if not math.isfinite(v):
-                    raise FloatingPointError(f"{phase} loss became {v} at batch {done + 1}; lower the learning rate")
+            check_finite(losses, phase, done + 1)
             sums += losses
             done += 1
             if on_batch is not None:
@@ -178,7 +146,7 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
     means = sums / max(done, 1)
     result = {k: float(v) for k, v in zip(LOSS_NAMES, means)}
     result["loss"] = float(means.sum())
-    return LocalResult(phase, done, done * len(BRANCHES), len(data), result)
+    return LocalResult(phase, done, done * STEPS_PER_BATCH, len(data), result)
 
 
 @torch.no_grad()

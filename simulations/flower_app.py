@@ -19,6 +19,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from simulations import DEFAULT_CONFIG
 from client.app import make_client_app
 from client.local_site import LocalSite, NodeConfigError, NodeSettings, is_deployed, local_config
 from client.site import SiteProvider
@@ -30,7 +31,6 @@ from server.deployment import DEPLOYMENT_KEY, RESOLVED_CONFIG_KEY, run_deploymen
 from .partition import compute_partition
 from .sites import SimulatedSites, build_sites
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
 @lru_cache(maxsize=4)

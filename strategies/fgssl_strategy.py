@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from fgssl.config import FederationConfig
-from fgssl.train import trained_prefixes
+from fgssl.phases import trained_prefixes
 
 from .aggregate import NamedArrays, SiteUpdate, aggregate
 from .groups import keys_matching, shared_keys

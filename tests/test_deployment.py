@@ -44,11 +44,13 @@ def _env(tmp: Path) -> dict[str, str]:
 class Proc:
     """A command whose output goes to a file that the test reads as it grows."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str], sigint_ignored: bool = False) -> None:
         self.log = log
         self._file = open(log, "w")
+        # sigint_ignored: started as a non-interactive shell starts a background job (a CI script, `cmd &`)
+        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
         self.popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._file, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec)
 
     @property
     def text(self) -> str:
@@ -281,7 +283,8 @@ def _serve_proc(tmp_path: Path) -> Proc:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(merge(TINY, {"federation": {"sites": 1, "min_nodes": 1}})))
     return Proc([*FGSSL, "serve", "--certs", str(certs.out), "--address", f"127.0.0.1:{_free_port()}",
-                 "--config", str(config), "--out", str(tmp_path / "run")], tmp_path / "serve.out", _env(tmp_path))
+                 "--config", str(config), "--out", str(tmp_path / "run")], tmp_path / "serve.out", _env(tmp_path),
+                sigint_ignored=True)
 
 
 def _serve_waiting(tmp_path: Path, app_running: bool) -> tuple[Proc, int]:
@@ -331,7 +334,7 @@ def test_serve_and_node_stop_promptly_mid_round(tmp_path):
     certs = tmp_path / "certs"
     node = Proc(_node_args(int(re.search(r"127\.0\.0\.1:(\d+)", serve.text).group(1)), certs / "ca.crt",
                            certs / "nodes" / "node_0" / "node.key", 0, tmp_path / "state", 30),
-                tmp_path / "node.out", _env(tmp_path))
+                tmp_path / "node.out", _env(tmp_path), sigint_ignored=True)
     try:
         node.wait_for(r"train message received", 180)
         node_s = _stop_within_limit(node, signal.SIGTERM)
@@ -359,7 +362,7 @@ def test_node_stops_promptly_while_it_waits_for_the_superlink(tmp_path):
     """The SuperNode retries a SuperLink that is not there yet and the launcher polls it: a hospital gives up."""
     certs = generate(tmp_path / "certs", nodes=1)
     node = Proc(_node_args(_free_port(), certs.ca_cert, certs.nodes[0].private_key, 0, tmp_path / "state", 300),
-                tmp_path / "node.out", _env(tmp_path))
+                tmp_path / "node.out", _env(tmp_path), sigint_ignored=True)
     try:
         node.wait_for(r"SuperNode started \(pid \d+\)", 60)
         _wait_for_file_text(tmp_path / "state" / "supernode.log", "Connection attempt failed", 60)
@@ -573,7 +576,7 @@ def _node_without_superlink(tmp_path: Path) -> tuple[Proc, int, int, Path]:
     certs = generate(tmp_path / "certs", nodes=1)
     state = tmp_path / "state"
     node = Proc(_node_args(_free_port(), certs.ca_cert, certs.nodes[0].private_key, 0, state, 60),
-                tmp_path / "node.out", _env(tmp_path))
+                tmp_path / "node.out", _env(tmp_path), sigint_ignored=True)
     m = node.wait_for(r"SuperNode started \(pid (\d+)\); ClientApps run in forks of pid (\d+)", 60)
     deadline = time.monotonic() + 90
     while "polling the SuperNode's Runtime API" not in (state / "clientapp.log").read_text(errors="replace"):

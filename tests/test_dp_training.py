@@ -189,8 +189,9 @@ def test_noise_of_a_zero_gradient_step_has_std_sigma_c_over_expected_batch(phase
     sigma, clip, b_exp = 0.7, 1.5, 6.0
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # Δθ = −noisy gradient exactly
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    stepper = DPStepper(model, opt, phase=phase, max_grad_norm=clip, noise_multiplier=sigma, expected_batch_size=b_exp,
-                        statistic_noise_multiplier=3.0, generator=torch.Generator().manual_seed(5))
+    dp = DPSettings(noise_multiplier=sigma, max_grad_norm=clip, statistic_noise_multiplier=3.0)
+    stepper = DPStepper(model, opt, dp, phase=phase, expected_batch_size=b_exp,
+                        generator=torch.Generator().manual_seed(5))
     x = images(4, seed=6)
     with stepper:
         # weight 0: every per-sample loss is 0, so every per-sample gradient is exactly 0; only the noise moves θ
@@ -299,19 +300,34 @@ def test_batchnorm_model_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match=r"BatchNorm.*model.norm: group"):
         check_dp_model(model)
     with pytest.raises(ConfigError, match="model.norm"):
-        dp_train_local(model, tiny_data(), "finetune", cfg, DPSettings(), max_batches=1)
-    # a BatchNorm model under a GroupNorm config is caught too
+        tiny_cfg(model={"norm": "batch"}, privacy={"mode": "sample", "noise_multiplier": 1.0})
+    # the loop checks the model itself, whatever config it came with
     with pytest.raises(ValueError, match="BatchNorm"):
         dp_train_local(model, tiny_data(), "finetune", tiny_cfg(), DPSettings(), max_batches=1)
 
 
 @pytest.mark.parametrize("field,value", [("noise_multiplier", 0.0), ("max_grad_norm", -1.0),
                                          ("grad_sample_mode", "ghost"), ("batch_reuse", "twice"),
-                                         ("sample_rate", 1.5), ("expected_batch_size", 0)])
+                                         ("expected_batch_size", 0)])
 def test_bad_settings_name_the_privacy_key(field, value):
+    """Validated once, in the config's privacy section; DPSettings is built from it."""
     with pytest.raises(ConfigError) as err:
-        DPSettings(**{field: value}).validate()
+        tiny_cfg(privacy={"mode": "sample", "noise_multiplier": 1.0, field: value})
     assert err.value.key == f"privacy.{field}"
+
+
+def test_dp_settings_are_the_privacy_section_with_sigma_fixed():
+    cfg = tiny_cfg(privacy={"mode": "sample", "target_epsilon": 8.0, "max_grad_norm": 0.5,
+                            "statistic_noise_multiplier": 3.0, "expected_batch_size": 12, "batch_reuse": "shared"})
+    dp = DPSettings.of(cfg.privacy, 1.7)
+    assert dp == DPSettings(noise_multiplier=1.7, max_grad_norm=0.5, statistic_noise_multiplier=3.0,
+                            expected_batch_size=12, grad_sample_mode="hooks", batch_reuse="shared")
+
+
+def test_dp_loop_needs_noise():
+    with pytest.raises(ValueError, match="noise multipliers > 0"):
+        dp_train_local(tiny_model(), tiny_data(), "finetune", tiny_cfg(), DPSettings(noise_multiplier=0.0),
+                       max_batches=1)
 
 
 def test_a_frozen_batchnorm_feature_extractor_is_a_fixed_function_and_may_stay():
@@ -337,5 +353,45 @@ def test_a_frozen_batchnorm_feature_extractor_is_a_fixed_function_and_may_stay()
         tiny_cfg(model={"norm": "batch", "head_norm": "group"}, train={"frozen": ["backbone"]},
                  privacy={"mode": "sample", "noise_multiplier": 1.0})
     partly = tiny_cfg(model={"norm": "batch", "head_norm": "group"}, train={"frozen": ["backbone"]})
-    with pytest.raises(ConfigError, match="model.norm"):
+    with pytest.raises(ValueError, match="BatchNorm"):
         dp_train_local(tiny_model(partly), tiny_data(), "finetune", partly, dp, max_batches=1)
+
+
+@pytest.mark.parametrize("phase", ["ssl", "finetune"])
+def test_the_plain_and_the_dp_loop_run_the_same_recipe(phase, monkeypatch):
+    """One progressive recipe (fgssl.recipe): the same steps (branch, granularity, weight) per batch, the same batch
+    count and the same learning rate at every batch, in both loops."""
+    import fgssl.recipe as recipe
+    from fgssl.train import train_local
+
+    seen: list[tuple] = []
+    real_view, real_set_lr = recipe.Step.view, recipe.set_learning_rate
+
+    def view(self, x, generator):
+        seen.append(("step", self.branch, self.granularity, self.weight))
+        return real_view(self, x, generator)
+
+    def set_lr(optimizer, cfg, progress, done, total):
+        real_set_lr(optimizer, cfg, progress, done, total)
+        seen.append(("lr", done, total, tuple(round(g["lr"], 12) for g in optimizer.param_groups)))
+
+    monkeypatch.setattr(recipe.Step, "view", view)
+    monkeypatch.setattr("fgssl.train.set_learning_rate", set_lr)
+    monkeypatch.setattr("fgssl.privacy.dp_train.set_learning_rate", set_lr)
+    cfg = tiny_cfg(loss={"concat_weight": 2.0})
+    runs = []
+    for train in ("plain", "dp"):
+        seen.clear()
+        model, data = tiny_model(cfg, seed=3), tiny_data(48)
+        if train == "plain":
+            r = train_local(model, data, phase, cfg, max_batches=3, progress=(0.2, 0.6),
+                            generator=torch.Generator().manual_seed(1))
+        else:
+            r = dp_train_local(model, data, phase, cfg, DPSettings(noise_multiplier=1.0), max_batches=3,
+                               progress=(0.2, 0.6), generator=torch.Generator().manual_seed(1))
+        runs.append((r.batches, r.optimizer_steps, list(seen)))
+    assert runs[0] == runs[1]
+    steps = [s[1:] for s in runs[0][2] if s[0] == "step"]
+    assert steps[:4] == [(0, 4, 1.0), (1, 2, 1.0), (2, 1, 1.0), (CONCAT, None, 2.0)] and len(steps) == 12
+    lrs = [s[3] for s in runs[0][2] if s[0] == "lr"]
+    assert len(lrs) == 3 and lrs[0] > lrs[1] > lrs[2]  # cosine over the slice 0.2-0.6 of the run

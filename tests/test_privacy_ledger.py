@@ -1,4 +1,4 @@
-"""Privacy accounting and the crash-safe per-node ledger (DESIGN §5, docs/privacy.md)."""
+"""Privacy accounting and the crash-safe per-node ledger (docs/privacy.md)."""
 
 import math
 import os

@@ -37,6 +37,19 @@ def test_output_modes(capsys):
     assert plain({"a": [float("inf"), 2]}) == {"a": [None, 2]}
 
 
+def test_a_bar_in_a_log_file_is_a_line_every_few_seconds_not_a_frame_per_batch(capsys, monkeypatch):
+    clock = iter(range(0, 1000, 3))  # every update 3 s after the last
+    monkeypatch.setattr("cli.progress.time.monotonic", lambda: next(clock))
+    out = Output("x", log_interval_s=10.0)
+    with out.bar("train", 12) as bar:
+        for i in range(1, 13):
+            bar(i, 12, {"loss": 0.25})
+    err = capsys.readouterr().err  # pytest's capture is no terminal
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines == ["train: 4/12, loss 0.250", "train: 8/12, loss 0.250", "train: 12/12, loss 0.250"]
+
+
 def test_simulate_json_lines_carry_round_events(tiny_config, tmp_path):
     out = tmp_path / "run"
     proc = run_cli("simulate", "--config", str(tiny_config()), "--out", str(out), "--json")

@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -274,8 +275,9 @@ def _decode_all(index: Index, images: np.ndarray, size: int, resize: str, skip: 
         return None
 
     n = len(index.records)
+    # Not a terminal (CI, nohup): a frame every 10 s, not one per image.
     bar = tqdm(total=n, desc=f"prepare {index.dataset} {size}px", unit="img", disable=progress is not True,
-               dynamic_ncols=True, leave=False)
+               dynamic_ncols=True, leave=False, mininterval=0.1 if sys.stderr.isatty() else 10.0)
     report = progress if callable(progress) else None
     done = 0
 

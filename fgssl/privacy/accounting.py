@@ -4,7 +4,7 @@ A local DP training run is described as one `Mechanism`: a Poisson-subsampled Ga
 rate q and an EFFECTIVE noise multiplier σ per sampled batch, applied `steps` times (one per sampled batch).
 Everything that happens to one sampled batch (several optimizer steps, a released statistic plus a gradient)
 is folded into that one σ first, with the helpers below, so that nothing is counted as an independent
-subsampled step when it is not (DESIGN §5; docs/privacy.md, "Accounting").
+subsampled step when it is not (docs/privacy.md, "Accounting").
 
 Opacus is imported lazily (only when ε is computed), so the ledger can be opened without importing torch.
 """

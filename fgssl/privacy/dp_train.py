@@ -1,4 +1,4 @@
-"""Sample-level DP-SGD for both local phases (DESIGN §5; docs/privacy_sslsurrogate.md).
+"""Sample-level DP-SGD for both local phases (docs/privacy.md: the SSL surrogate and its proof sketch).
 
 Per-sample gradients come from Opacus (`GradSampleHooks` for grad_sample_mode "hooks"/"functorch", the ExpandedWeights
 wrapper for "ew"); clipping, noise and the step are done here rather than by Opacus' DPOptimizer, because every
@@ -27,7 +27,7 @@ import secrets
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, get_args
 
 import numpy as np
 import torch
@@ -35,18 +35,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import random_view
-from ..config import Config, ConfigError
+from ..config import BatchReuse, Config, GradSampleMode, PrivacyConfig
 from ..data.images import ImageSet, to_float
-from ..jigsaw import jigsaw
-from ..model import BRANCHES, CONCAT, FGSSLNet
-from ..train import (LOSS_NAMES, BatchCallback, LocalResult, lr_factor, make_optimizer, train_mode,
-                     trained_prefixes)
+from ..model import FGSSLNet
+from ..phases import check_phase
+from ..recipe import LOSS_NAMES, STEPS_PER_BATCH, check_finite, planned_batches, progressive_steps, set_learning_rate
+from ..train import BatchCallback, LocalResult, make_optimizer, train_mode
 from .accounting import Mechanism, compose_same_batch, same_batch_steps_sigma
 from .ssl_surrogate import per_sample_normalize, release_direction, surrogate_per_sample
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
-BATCH_REUSE = ("fresh", "shared")
-STEPS_PER_BATCH = len(BRANCHES)
+GRAD_SAMPLE_MODES = get_args(GradSampleMode)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,14 +53,15 @@ STEPS_PER_BATCH = len(BRANCHES)
 
 @dataclass(frozen=True)
 class DPSettings:
-    """DP-SGD parameters of one node (the lead maps a `privacy:` config section onto these fields).
+    """The resolved DP-SGD settings of one node's round: the validated `privacy:` section with σ fixed.
+
+    Built once per round by `DPSettings.of(cfg.privacy, sigma)` (σ is configured or solved from the target ε for the
+    node's n) and passed down to the loop and the stepper; it has no validation of its own (PrivacyConfig has it).
 
     noise_multiplier            σ (fine-tune) and σ_g (SSL surrogate gradient): noise std / max_grad_norm.
     max_grad_norm               C, the per-sample L2 clipping bound.
     statistic_noise_multiplier  σ_s of the SSL cross-correlation statistic: noise std / D (D = embedding size).
-    sample_rate                 Poisson rate q. Give this or expected_batch_size, or neither (then
-                                q = train.batch_size / n).
-    expected_batch_size         q·n; converted to q = expected_batch_size / n for the node's n.
+    expected_batch_size         b = q·n (None: train.batch_size); q = b / n for the node's n.
     grad_sample_mode            Opacus per-sample gradient engine: hooks | functorch | ew.
     batch_reuse                 fresh: every progressive step draws its own Poisson batch; shared: the four steps
                                 of a batch use one Poisson batch (accounted as one mechanism with σ/2).
@@ -71,40 +70,21 @@ class DPSettings:
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     statistic_noise_multiplier: float = 2.0
-    sample_rate: float | None = None
     expected_batch_size: int | None = None
-    grad_sample_mode: str = "hooks"
-    batch_reuse: str = "fresh"
+    grad_sample_mode: GradSampleMode = "hooks"
+    batch_reuse: BatchReuse = "fresh"
 
-    def validate(self, prefix: str = "privacy") -> "DPSettings":
-        def need(cond: bool, key: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"{prefix}.{key}", msg)
-
-        for k in ("noise_multiplier", "statistic_noise_multiplier", "max_grad_norm"):
-            v = getattr(self, k)
-            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0, k,
-                 f"must be a finite number > 0, got {v!r}")
-        need(self.sample_rate is None or self.expected_batch_size is None, "sample_rate",
-             "give sample_rate or expected_batch_size, not both")
-        if self.sample_rate is not None:
-            need(0 < self.sample_rate <= 1, "sample_rate", f"must be in (0, 1], got {self.sample_rate}")
-        if self.expected_batch_size is not None:
-            need(isinstance(self.expected_batch_size, int) and self.expected_batch_size >= 1, "expected_batch_size",
-                 f"must be an integer >= 1, got {self.expected_batch_size!r}")
-        need(self.grad_sample_mode in GRAD_SAMPLE_MODES, "grad_sample_mode",
-             f"unknown mode '{self.grad_sample_mode}'; choose from: {', '.join(GRAD_SAMPLE_MODES)} "
-             "(ghost clipping cannot do the per-branch steps: it needs every parameter in every step)")
-        need(self.batch_reuse in BATCH_REUSE, "batch_reuse",
-             f"unknown value '{self.batch_reuse}'; choose from: {', '.join(BATCH_REUSE)}")
-        return self
+    @classmethod
+    def of(cls, privacy: PrivacyConfig, noise_multiplier: float) -> "DPSettings":
+        return cls(noise_multiplier=noise_multiplier, max_grad_norm=privacy.max_grad_norm,
+                   statistic_noise_multiplier=privacy.statistic_noise_multiplier,
+                   expected_batch_size=privacy.expected_batch_size, grad_sample_mode=privacy.grad_sample_mode,
+                   batch_reuse=privacy.batch_reuse)
 
     def resolve_sample_rate(self, num_examples: int, default_batch_size: int) -> float:
         """q for a node with `num_examples` training examples (public: fixed before any data is touched)."""
         if num_examples < 1:
             raise ValueError("DP training needs at least one training example")
-        if self.sample_rate is not None:
-            return float(self.sample_rate)
         b = self.expected_batch_size if self.expected_batch_size is not None else default_batch_size
         return min(1.0, b / num_examples)
 
@@ -112,7 +92,7 @@ class DPSettings:
         """Effective σ of ONE progressive step on its batch: σ (finetune) or (σ_s⁻² + σ_g⁻²)^(-1/2) (ssl)."""
         if phase == "ssl":
             return compose_same_batch(self.statistic_noise_multiplier, self.noise_multiplier)
-        trained_prefixes(phase)
+        check_phase(phase)
         return float(self.noise_multiplier)
 
     def mechanism(self, phase: str, sample_rate: float, batches: int) -> Mechanism:
@@ -137,19 +117,18 @@ def batches_per_epoch(sample_rate: float) -> int:
     return max(1, int(1.0 / sample_rate + 1e-9))
 
 
-def planned_batches(num_examples: int, cfg: Config, dp: DPSettings, *, epochs: int = 1,
-                    max_batches: int | None = None) -> int:
+def dp_plan(num_examples: int, cfg: Config, dp: DPSettings, *, epochs: int = 1,
+            max_batches: int | None = None) -> tuple[float, int]:
+    """(q, progressive batches) of one local DP call: the same batch plan as the plain loop, ⌊1/q⌋ per epoch."""
     q = dp.resolve_sample_rate(num_examples, cfg.train.batch_size)
-    per_epoch = batches_per_epoch(q)
-    return per_epoch * epochs if max_batches is None else min(max_batches, per_epoch * max(epochs, 1))
+    return q, planned_batches(batches_per_epoch(q), epochs, max_batches)
 
 
 def plan_mechanism(num_examples: int, phase: str, cfg: Config, dp: DPSettings, *, epochs: int = 1,
                    max_batches: int | None = None) -> Mechanism:
     """The mechanism `dp_train_local` with the same arguments will run, known before training (for the ledger)."""
-    dp.validate()
-    q = dp.resolve_sample_rate(num_examples, cfg.train.batch_size)
-    return dp.mechanism(phase, q, planned_batches(num_examples, cfg, dp, epochs=epochs, max_batches=max_batches))
+    q, batches = dp_plan(num_examples, cfg, dp, epochs=epochs, max_batches=max_batches)
+    return dp.mechanism(phase, q, batches)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,15 +275,14 @@ class DPStepper:
     Noise multipliers may be 0 here (tests); `dp_train_local` insists on > 0.
     """
 
-    def __init__(self, model: FGSSLNet, optimizer: torch.optim.Optimizer, *, phase: str, max_grad_norm: float,
-                 noise_multiplier: float, expected_batch_size: float, statistic_noise_multiplier: float = 0.0,
-                 grad_sample_mode: str = "hooks", generator: torch.Generator | None = None,
+    def __init__(self, model: FGSSLNet, optimizer: torch.optim.Optimizer, dp: DPSettings, *, phase: str,
+                 expected_batch_size: float, generator: torch.Generator | None = None,
                  observer: Observer | None = None) -> None:
-        trained_prefixes(phase)
+        check_phase(phase)
         if expected_batch_size <= 0:
             raise ValueError(f"expected_batch_size must be > 0, got {expected_batch_size}")
         self.model, self.optimizer, self.phase = model, optimizer, phase
-        self.C, self.sigma, self.sigma_s = float(max_grad_norm), float(noise_multiplier), float(statistic_noise_multiplier)
+        self.C, self.sigma, self.sigma_s = float(dp.max_grad_norm), float(dp.noise_multiplier), float(dp.statistic_noise_multiplier)
         self.expected_batch_size = float(expected_batch_size)
         self.observer = observer
         device = next(model.parameters()).device
@@ -312,7 +290,7 @@ class DPStepper:
         self._opt_params = [p for g in optimizer.param_groups for p in g["params"]]
         self._names = {id(p): n for n, p in model.named_parameters()}
         self._branch_params: dict[int, list[nn.Parameter]] = {}
-        self.grads = PerSampleGradients(model, grad_sample_mode)
+        self.grads = PerSampleGradients(model, dp.grad_sample_mode)
         self.embed_dim = model.classifiers[0].in_features
 
     def close(self) -> None:
@@ -463,24 +441,21 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
     Batches are always Poisson samples: `train.class_balance: sampler` is not applied (class-balanced draws depend
     on private class counts and are not the sampling the accountant assumes); details["class_balance"] says so.
     """
-    trained_prefixes(phase)
-    dp.validate()
-    if cfg.model.norm != "group" and not {"backbone", "blocks"} <= set(cfg.train.frozen):
-        raise ConfigError("model.norm", f"DP training needs 'group' (BatchNorm couples the samples of a batch) unless "
-                                        f"backbone and blocks are frozen, got '{cfg.model.norm}'")
+    check_phase(phase)
+    if dp.noise_multiplier <= 0 or (phase == "ssl" and dp.statistic_noise_multiplier <= 0):
+        raise ValueError("DP training needs noise multipliers > 0 (0 is for the stepper's own tests)")
     device = device or next(model.parameters()).device
     gen = generator if generator is not None else private_generator(device)
     n = len(data)
-    q = dp.resolve_sample_rate(n, cfg.train.batch_size)
+    q, total = dp_plan(n, cfg, dp, epochs=epochs, max_batches=max_batches)
     b_exp = q * n
-    total = planned_batches(n, cfg, dp, epochs=epochs, max_batches=max_batches)
     if total < 1:
         raise ValueError(f"nothing to train: epochs={epochs}, max_batches={max_batches}")
     optimizer = make_optimizer(model, cfg, phase)
     train_mode(model, cfg)
     check_dp_model(model)  # after freezing: frozen parts in eval mode are fixed functions
-    lam, variant, w = cfg.loss.bt_lambda, cfg.loss.bt_variant, cfg.loss.concat_weight
-    sums, counts = np.zeros(len(BRANCHES)), np.zeros(len(BRANCHES))
+    lam, variant = cfg.loss.bt_lambda, cfg.loss.bt_variant
+    sums, counts = np.zeros(STEPS_PER_BATCH), np.zeros(STEPS_PER_BATCH)
     empty = 0
     shape = (0, *data.images.shape[1:])
 
@@ -492,38 +467,29 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
             return idx, torch.zeros(shape, device=device), torch.zeros(0, dtype=torch.long, device=device)
         return idx, to_float(data.images[idx], device), data.labels[idx].to(device)
 
-    stepper = DPStepper(model, optimizer, phase=phase, max_grad_norm=dp.max_grad_norm,
-                        noise_multiplier=dp.noise_multiplier, expected_batch_size=b_exp,
-                        statistic_noise_multiplier=dp.statistic_noise_multiplier,
-                        grad_sample_mode=dp.grad_sample_mode, generator=gen, observer=observer)
+    stepper = DPStepper(model, optimizer, dp, phase=phase, expected_batch_size=b_exp, generator=gen,
+                        observer=observer)
     done = 0
     try:
         while done < total:
-            p = progress[0] + (progress[1] - progress[0]) * done / total
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * lr_factor(p, cfg.optim.schedule)
+            set_learning_rate(optimizer, cfg, progress, done, total)
             batch = draw()
             losses: list[float | None] = []
-            for branch in BRANCHES:
-                if dp.batch_reuse == "fresh" and branch > 0:
+            for i, step in enumerate(progressive_steps(cfg)):
+                if dp.batch_reuse == "fresh" and i > 0:
                     batch = draw()
                 idx, x, y = batch
-                weight = w if branch == CONCAT else 1.0
                 nonempty = x.shape[0] > 0
                 if phase == "ssl":
                     v1, v2 = (random_view(x, gen), random_view(x, gen)) if nonempty else (x, x)
-                    if branch != CONCAT and nonempty:
-                        v1, _ = jigsaw(v1, cfg.model.granularities[branch], gen)
-                    loss = stepper.ssl_step(branch, v1, v2, lam=lam, variant=variant, weight=weight, indices=idx)
+                    loss = stepper.ssl_step(step.branch, step.view(v1, gen), v2, lam=lam, variant=variant,
+                                            weight=step.weight, indices=idx)
                 else:
                     view = random_view(x, gen) if nonempty else x
-                    if branch != CONCAT and nonempty:
-                        view, _ = jigsaw(view, cfg.model.granularities[branch], gen)
-                    loss = stepper.finetune_step(branch, view, y, weight=weight, indices=idx)
-                if loss is not None and not math.isfinite(loss):
-                    raise FloatingPointError(f"{phase} loss became {loss} at batch {done + 1}; lower the learning "
-                                             "rate or max_grad_norm")
+                    loss = stepper.finetune_step(step.branch, step.view(view, gen), y, weight=step.weight,
+                                                 indices=idx)
                 losses.append(loss)
+            check_finite(losses, phase, done + 1, "lower the learning rate or max_grad_norm")
             for i, v in enumerate(losses):
                 if v is not None:
                     sums[i] += v

@@ -41,7 +41,6 @@ DEFAULT_FILENAME = "privacy_ledger.sqlite3"
 # PRAGMA application_id marks a file as ours ("FGPL"), so a foreign SQLite file is never taken for a ledger.
 APPLICATION_ID = 0x4647504C
 SCHEMA_VERSION = 1
-STATUSES = ("reserved", "committed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (

@@ -31,17 +31,9 @@ def node_delta(cfg: Config, num_examples: int) -> float:
     return cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(num_examples)
 
 
-def settings(cfg: Config, sigma: float) -> DPSettings:
-    p = cfg.privacy
-    return DPSettings(noise_multiplier=sigma, max_grad_norm=p.max_grad_norm,
-                      statistic_noise_multiplier=p.statistic_noise_multiplier,
-                      expected_batch_size=p.expected_batch_size, grad_sample_mode=p.grad_sample_mode,
-                      batch_reuse=p.batch_reuse).validate()
-
-
 def planned_history(cfg: Config, num_examples: int, sigma: float) -> list[Mechanism]:
     """Every round this node is planned to train in, as the mechanisms it will record."""
-    fed, dp = cfg.federation, settings(cfg, sigma)
+    fed, dp = cfg.federation, DPSettings.of(cfg.privacy, sigma)
     return [plan_mechanism(num_examples, fed.phase_of(r), cfg, dp, epochs=fed.epochs_of(fed.phase_of(r)),
                            max_batches=fed.max_local_batches) for r in range(1, fed.total_rounds + 1)]
 
@@ -77,7 +69,7 @@ def private_round(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, stat
                   progress: tuple[float, float]) -> PrivateRound:
     n = len(data)
     delta = node_delta(cfg, n)
-    dp = settings(cfg, noise_multiplier(cfg, n))
+    dp = DPSettings.of(cfg.privacy, noise_multiplier(cfg, n))
     mechanism = plan_mechanism(n, phase, cfg, dp, epochs=epochs, max_batches=max_batches)
     with PrivacyLedger(state_dir) as ledger:
         try:

@@ -1,4 +1,4 @@
-"""A Barlow Twins objective whose per-sample gradients are truly per-sample (DESIGN §5; docs/privacy_sslsurrogate.md).
+"""A Barlow Twins objective whose per-sample gradients are truly per-sample (docs/privacy.md).
 
 The Barlow Twins loss standardises every embedding dimension over the batch and builds C from all samples at once, so
 the "per-sample gradient" Opacus computes for it depends on every other sample of the batch and DP-SGD's analysis does
