@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 
 import torch
 
 from fgssl.data.errors import DataWarning
+from fgssl.data.images import labelled_part
 from fgssl.data.sources import load_splits
+from fgssl.metrics import below_majority
 from fgssl.model import build_model
+from fgssl.selection import Selection
 from fgssl.train import evaluate, resolve_device, train_local
 
 from .common import format_table, open_run_dir, resolve_config, seed_everything
@@ -42,32 +46,50 @@ def run(args: argparse.Namespace) -> int:
              num_classes=splits.train.num_classes)
     for note in splits.notes:
         out.emit("note", f"note: {note}", result=True, text=note)
+    labelled, record = labelled_part(splits.train, cfg.train.label_fraction, cfg.seed)
+    (run_dir.path / "labelled.json").write_text(json.dumps(record))
+    if len(labelled) < len(splits.train):
+        out.emit("labels", f"labels: fine-tuning on {len(labelled)} of {len(splits.train)} training images "
+                 f"(train.label_fraction={cfg.train.label_fraction:g}, stratified); SSL on all of them",
+                 result=True, labelled=len(labelled), train=len(splits.train))
     model = build_model(cfg.model, splits.train.num_classes).to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     plan = [("ssl", e, cfg.train.ssl_epochs) for e in range(cfg.train.ssl_epochs)]
     plan += [("finetune", e, cfg.train.finetune_epochs) for e in range(cfg.train.finetune_epochs)]
     val = None
+    selection = Selection(cfg.train.select_metric, cfg.train.select_above_majority)
     for phase, epoch, epochs in plan:
-        with out.bar(f"{phase} epoch {epoch + 1}/{epochs}", splits.train.num_batches(cfg.train.batch_size)) as bar:
-            result = train_local(model, splits.train, phase, cfg, epochs=1,
+        data = labelled if phase == "finetune" else splits.train
+        with out.bar(f"{phase} epoch {epoch + 1}/{epochs}", data.num_batches(cfg.train.batch_size)) as bar:
+            result = train_local(model, data, phase, cfg, epochs=1,
                                  progress=(epoch / epochs, (epoch + 1) / epochs), generator=gen, device=device,
                                  on_batch=bar)
         record = {"phase": phase, "epoch": epoch + 1, "elapsed_s": round(time.time() - started, 1),
+                  "num_examples": result.num_examples,
                   **{k: v for k, v in result.losses.items()}}
         line = f"{phase} epoch {epoch + 1}/{epochs}: loss {result.losses['loss']:.4f}"
         if phase == "finetune":
             val = evaluate(model, splits.val, device=device)
             record["val"] = val
-            line += f"  val balanced_accuracy {val['balanced_accuracy']:.3f}  accuracy {val['accuracy']:.3f}"
+            line += (f"  val balanced_accuracy {val['balanced_accuracy']:.3f}  accuracy {val['accuracy']:.3f} "
+                     f"(majority {val['majority_rate']:.3f})")
+            if selection.offer(epoch + 1, val, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}):
+                line += "  *"
         run_dir.log(record)
         out.emit("epoch", line, phase=phase, epoch=epoch + 1, total=epochs, seconds=record["elapsed_s"],
                  loss=result.losses["loss"], **({"val_balanced_accuracy": val["balanced_accuracy"],
                                                   "val_accuracy": val["accuracy"]} if phase == "finetune" else {}))
-    test = evaluate(model, splits.test, device=device)
+    test_last = evaluate(model, splits.test, device=device)
+    run_dir.save_weights(model.state_dict(), "model_last.safetensors")
+    if selection.best_state is not None:
+        model.load_state_dict(selection.best_state)
+        val = selection.best_val
+    test = evaluate(model, splits.test, device=device) if selection.best_state is not None else test_last
     summary = {"command": "train", "seed": cfg.seed, "elapsed_s": round(time.time() - started, 1),
                "splits": splits.sizes(), "class_names": list(splits.train.class_names),
                "chance_balanced_accuracy": 1.0 / splits.train.num_classes, "data_notes": splits.notes,
-               "skipped_images": splits.skipped, "val": val, "test": test}
+               "skipped_images": splits.skipped, "selected": selection.summary("epoch"), "val": val, "test": test,
+               "test_last": test_last, "below_majority": below_majority(test)}
     run_dir.log({"phase": "final", "split": "test", **test})
     run_dir.write_metrics_csv()
     run_dir.write_summary(summary)
@@ -76,8 +98,14 @@ def run(args: argparse.Namespace) -> int:
         out.emit("done", command="train", run_dir=str(run_dir.path), seconds=summary["elapsed_s"],
                  test={k: v for k, v in test.items() if not isinstance(v, (dict, list))})
         return 0
-    print(format_table([{"split": "test", **test}],
-                       ["split", "num_examples", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]))
+    out.emit("selected", f"model: {selection.describe('epoch')}", result=True)
+    rows = [{"split": "test", **test}] + ([{"split": "test (last epoch)", **test_last}]
+                                          if selection.best_step != cfg.train.finetune_epochs else [])
+    print(format_table(rows, ["split", "num_examples", "accuracy", "majority_rate", "balanced_accuracy", "macro_f1",
+                              "macro_auc"]))
+    if below_majority(test):
+        print(f"warning: test accuracy {test['accuracy']:.3f} is below the majority-class rate "
+              f"{test['majority_rate']:.3f}: always answering the most frequent class would score higher")
     print(f"fgssl train: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
           f"(summary.json, metrics.jsonl, model.safetensors)")
     return 0

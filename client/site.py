@@ -6,6 +6,7 @@ round, so a restarted node (or a resumed run) restores exactly the copy that bel
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from fgssl.config import Config
+from fgssl.data.images import ImageSet, labelled_part
 from fgssl.data.sources import Splits
 from fgssl.model import FGSSLNet, build_model
 from fgssl.privacy.node import private_round
@@ -74,6 +76,16 @@ def save_local_groups(state_dir: Path, rnd: int, model: FGSSLNet, patterns: tupl
         (state_dir / f"local_r{old}.safetensors").unlink(missing_ok=True)
 
 
+def labelled_train(cfg: Config, train: ImageSet, site: int, state_dir: Path) -> ImageSet:
+    """The site's labelled training images (train.label_fraction, stratified, fixed per run seed and site),
+    recorded once in the site's state directory (labelled.json: positions in its training split)."""
+    part, record = labelled_part(train, cfg.train.label_fraction, site_seed(cfg.seed, site, 0))
+    path = state_dir / "labelled.json"
+    if not path.is_file():
+        path.write_text(json.dumps({"site": site, **record}))
+    return part
+
+
 def _apply_fault(cfg: Config, site: int, rnd: int, arrays: NamedArrays) -> NamedArrays:
     """Simulation-only fault injection (simulation.faults): lets tests and researchers play a hostile site."""
     for f in cfg.simulation.faults:
@@ -103,8 +115,9 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
     model = _model_with(cfg, splits.train.num_classes, received, load_local_groups(state_dir, rnd))
     epochs, max_batches = int(round_cfg["local_epochs"]), int(round_cfg["max_local_batches"]) or None
     progress = (float(round_cfg["progress_start"]), float(round_cfg["progress_end"]))
+    data = labelled_train(cfg, splits.train, site, state_dir) if phase == "finetune" else splits.train
     if cfg.privacy.mode == "sample":
-        private = private_round(model, splits.train, phase, cfg, state_dir, site=site,
+        private = private_round(model, data, phase, cfg, state_dir, site=site,
                                 run_id=str(round_cfg.get("run_id", "run")), rnd=rnd, epochs=epochs,
                                 max_batches=max_batches, progress=progress)
         privacy = {"epsilon": private.epsilon, "delta": private.delta}
@@ -113,7 +126,7 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
         info: dict[str, Any] = {**private.metrics, **privacy}
     else:
         gen = torch.Generator().manual_seed(site_seed(int(round_cfg["seed"]), site, rnd))
-        result = train_local(model, splits.train, phase, cfg, epochs=epochs, max_batches=max_batches,
+        result = train_local(model, data, phase, cfg, epochs=epochs, max_batches=max_batches,
                              progress=progress, generator=gen)
         info = {"num_examples": result.num_examples, "batches": result.batches, **result.losses}
     save_local_groups(state_dir, rnd, model, cfg.federation.local_groups)

@@ -181,8 +181,19 @@ class TrainConfig:
     batch_size: int = 64
     ssl_epochs: int = 1
     finetune_epochs: int = 10
-    # 'sampler': fine-tuning batches draw every class equally often (with replacement); 'none': plain shuffling.
-    class_balance: Literal["sampler", "none"] = "sampler"
+    # How fine-tuning copes with skewed classes. 'sampler': batches draw every class equally often (with
+    # replacement); 'loss': plain shuffling, cross-entropy weighted per class by (1 / n_k)^class_weight_power
+    # (normalised to mean 1 over the training images); 'none': plain shuffling and loss.
+    class_balance: Literal["sampler", "loss", "none"] = "sampler"
+    class_weight_power: float = 1.0
+    # Scarce labels: fine-tuning keeps this stratified, seeded fraction of each site's training labels (every class
+    # keeps at least one); the SSL phase still uses every training image. The run records which were kept.
+    label_fraction: float = 1.0
+    # Which weights become model.safetensors: the best epoch (train) or round (simulate) by this validation
+    # metric, or 'last'; the last weights are kept as model_last.safetensors either way. With
+    # select_above_majority, a candidate less accurate than "always the majority class" only wins if all are.
+    select_metric: Literal["balanced_accuracy", "accuracy", "macro_f1", "last"] = "balanced_accuracy"
+    select_above_majority: bool = True
     device: str = "auto"
     # Torch intra-op threads; null = torch's default.
     threads: int | None = None
@@ -192,6 +203,10 @@ class TrainConfig:
 
     def validate(self, p: str) -> None:
         _require(self.batch_size >= 2, f"{p}.batch_size", f"must be >= 2, got {self.batch_size}")
+        _require(0 < self.label_fraction <= 1, f"{p}.label_fraction",
+                 f"must be in (0, 1], got {self.label_fraction}")
+        _require(0 <= self.class_weight_power <= 2, f"{p}.class_weight_power",
+                 f"must be in [0, 2], got {self.class_weight_power}")
         for k in ("ssl_epochs", "finetune_epochs"):
             _require(getattr(self, k) >= 0, f"{p}.{k}", f"must be >= 0, got {getattr(self, k)}")
         _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{p}.device",

@@ -202,6 +202,21 @@ def macro_auc_ovr(y_true: np.ndarray, scores: np.ndarray, num_classes: int) -> f
     return float(np.mean(aucs))
 
 
+def below_majority(metrics: dict[str, Any]) -> bool:
+    """True for a model less accurate than always answering the majority class (balanced accuracy can hide it)."""
+    acc, rate = metrics.get("accuracy"), metrics.get("majority_rate")
+    return acc is not None and rate is not None and acc < rate - 1e-12
+
+
+def majority_baseline(y_true: np.ndarray, num_classes: int) -> tuple[int | None, float | None]:
+    """(most frequent class, its share of y_true): the accuracy of a constant prediction."""
+    if y_true.size == 0:
+        return None, None
+    counts = np.bincount(y_true, minlength=num_classes)
+    top = int(np.argmax(counts))
+    return top, float(counts[top] / y_true.size)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -239,9 +254,13 @@ def classification_metrics(
 
     pred = np.argmax(s, axis=1).astype(np.int64)
     cm = confusion_matrix(t, pred, k)
+    acc = accuracy(t, pred)
+    majority = majority_baseline(t, k)
     return {
         "num_examples": int(t.shape[0]),
-        "accuracy": accuracy(t, pred),
+        "accuracy": acc,
+        # What always answering the most frequent class of this very set would score (see below_majority).
+        "majority_rate": majority[1],
         "balanced_accuracy": balanced_accuracy(t, pred, k),
         "macro_f1": macro_f1(t, pred, k),
         "macro_auc": macro_auc_ovr(t, s, k),

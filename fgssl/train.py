@@ -93,13 +93,20 @@ def ssl_batch(model: FGSSLNet, v1: Tensor, v2: Tensor, cfg: Config, optimizer: t
 
 
 def finetune_batch(model: FGSSLNet, view: Tensor, y: Tensor, cfg: Config, optimizer: torch.optim.Optimizer,
-                   generator: torch.Generator | None) -> list[float]:
+                   generator: torch.Generator | None, class_weights: Tensor | None = None) -> list[float]:
     """One step per progressive step: weight·CE(cls_b(step view of x), y) (jigsaw branches, then concat)."""
     losses = []
     for step in progressive_steps(cfg):
         logits = model(step.view(view, generator), (step.branch,)).logits[step.branch]
-        losses.append(_step(optimizer, step.weight * F.cross_entropy(logits, y)))
+        losses.append(_step(optimizer, step.weight * F.cross_entropy(logits, y, weight=class_weights)))
     return losses
+
+
+def class_weights(labels: Tensor, num_classes: int, power: float) -> Tensor:
+    """Per-class CE weights ∝ (1 / n_k)^power, scaled so that the mean weight over `labels` is 1."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    w = torch.where(counts > 0, counts.clamp(min=1).pow(-power), torch.zeros_like(counts))
+    return w / w[labels].mean()
 
 
 def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epochs: int = 1,
@@ -121,6 +128,9 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
         raise ValueError(f"{len(data)} training examples is too few for one batch of the '{phase}' phase")
     optimizer = make_optimizer(model, cfg, phase)
     train_mode(model, cfg)
+    weights = None
+    if phase == "finetune" and cfg.train.class_balance == "loss":
+        weights = class_weights(data.labels, data.num_classes, cfg.train.class_weight_power).to(device)
     sums = np.zeros(4)
     done = 0
     while done < total:
@@ -137,7 +147,8 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
                 losses = ssl_batch(model, random_view(x, generator), random_view(x, generator), cfg, optimizer,
                                    generator)
             else:
-                losses = finetune_batch(model, random_view(x, generator), yb.to(device), cfg, optimizer, generator)
+                losses = finetune_batch(model, random_view(x, generator), yb.to(device), cfg, optimizer, generator,
+                                        weights)
             check_finite(losses, phase, done + 1)
             sums += losses
             done += 1

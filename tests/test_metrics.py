@@ -10,6 +10,7 @@ import pytest
 from fgssl.metrics import (
     accuracy,
     balanced_accuracy,
+    below_majority,
     classification_metrics,
     confusion_matrix,
     macro_auc_ovr,
@@ -285,6 +286,7 @@ def test_classification_metrics_report() -> None:
         "quadratic_weighted_kappa",
         "per_class_recall",
         "confusion_matrix",
+        "majority_rate",
     }
     assert _all_plain(report)
     # argmax per row: [0, 1, 1, 0, 2, 2] vs y [0, 0, 1, 1, 2, 2] -> rows 0, 2, 4, 5 right.
@@ -294,6 +296,19 @@ def test_classification_metrics_report() -> None:
     assert report["per_class_recall"] == {"nv": 0.5, "mel": 0.5, "bcc": 1.0}
     assert report["balanced_accuracy"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
     assert report["macro_auc"] == pytest.approx(AUC_EXPECTED)
+    assert report["majority_rate"] == pytest.approx(2 / 6) and not below_majority(report)
+
+
+def test_a_model_that_sacrifices_the_majority_class_is_flagged() -> None:
+    """High balanced accuracy, accuracy under 'always the majority class': the flag fires, and only then."""
+    y = np.array([0] * 8 + [1, 2])
+    minority_lover = np.eye(3)[[1] * 6 + [0, 0, 1, 2]]  # six of eight majority images called class 1
+    report = classification_metrics(y, minority_lover, ["nv", "mel", "bcc"])
+    assert report["majority_rate"] == pytest.approx(0.8)
+    assert report["accuracy"] == pytest.approx(0.4) and report["balanced_accuracy"] == pytest.approx(0.75)
+    assert below_majority(report)
+    constant = classification_metrics(y, np.eye(3)[[0] * 10], ["nv", "mel", "bcc"])
+    assert constant["accuracy"] == pytest.approx(0.8) and not below_majority(constant)
 
 
 def test_classification_metrics_undefined_values_are_none() -> None:

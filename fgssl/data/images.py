@@ -96,3 +96,26 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int
         for j, cut in enumerate(cuts):
             parts[j + 1].append(cut)
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
+
+
+def labelled_indices(labels: Tensor, fraction: float, seed: int) -> np.ndarray:
+    """Positions of a stratified, seeded `fraction` of the examples (sorted): round(fraction·n_k) of every class k,
+    at least one of every class present. The scarce-label setting: fine-tuning sees these, SSL sees all."""
+    y = labels.numpy()
+    if fraction >= 1.0:
+        return np.arange(len(y))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4C41424C]))  # own stream: "LABL"
+    keep = []
+    for k in np.unique(y):
+        members = np.flatnonzero(y == k)
+        keep.append(rng.permutation(members)[:max(1, int(round(fraction * len(members))))])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def labelled_part(train: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, dict]:
+    """The labelled part of a training split and its record (written as labelled.json by the caller)."""
+    keep = labelled_indices(train.labels, fraction, seed)
+    part = train if len(keep) == len(train) else train.subset(keep)
+    return part, {"label_fraction": fraction, "train_images": len(train), "labelled_images": len(part),
+                  "class_counts": dict(zip(train.class_names, part.class_counts())),
+                  "positions_in_train_split": keep.tolist()}

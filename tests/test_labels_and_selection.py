@@ -1,0 +1,90 @@
+"""Scarce labels (train.label_fraction) and validation-based model selection."""
+
+import json
+
+import numpy as np
+import torch
+
+from client.site import train_round
+from fgssl.config import load_config
+from fgssl.data.images import labelled_indices
+from fgssl.selection import Selection
+from server.app import initial_global
+from simulations.sites import SimulatedSites
+from strategies.fgssl_strategy import FGSSLStrategy
+
+from .conftest import run_cli
+
+
+def test_label_fraction_is_stratified_seeded_and_keeps_every_class():
+    labels = torch.tensor([0] * 100 + [1] * 30 + [2] * 5 + [3] * 1)
+    keep = labelled_indices(labels, 0.1, seed=7)
+    counts = np.bincount(labels.numpy()[keep], minlength=4)
+    assert counts.tolist() == [10, 3, 1, 1]  # round(0.1 n_k), at least one of each class
+    assert np.array_equal(keep, np.sort(keep)) and len(set(keep.tolist())) == len(keep)
+    assert np.array_equal(keep, labelled_indices(labels, 0.1, seed=7))
+    assert not np.array_equal(keep, labelled_indices(labels, 0.1, seed=8))
+    assert np.array_equal(labelled_indices(labels, 1.0, seed=7), np.arange(136))
+
+
+def test_train_fine_tunes_on_the_labelled_fraction_and_pretrains_on_all(tiny_config, tmp_path):
+    cfg = tiny_config(train={"batch_size": 8, "label_fraction": 0.25, "ssl_epochs": 1, "finetune_epochs": 2})
+    out = tmp_path / "run"
+    proc = run_cli("train", "--config", str(cfg), "--out", str(out))
+    record = json.loads((out / "labelled.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    n_train = summary["splits"]["train"]
+    assert record["train_images"] == n_train and record["labelled_images"] == len(record["positions_in_train_split"])
+    assert record["labelled_images"] == sum(record["class_counts"].values())
+    assert abs(record["labelled_images"] - 0.25 * n_train) <= len(record["class_counts"])
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["num_examples"] for e in epochs if e.get("phase") == "ssl"] == [n_train]
+    assert [e["num_examples"] for e in epochs if e.get("phase") == "finetune"] == [record["labelled_images"]] * 2
+    assert f"fine-tuning on {record['labelled_images']} of {n_train}" in proc.stdout
+    # model selection: the kept model is the best validation epoch; the last one is kept beside it
+    sel = summary["selected"]
+    scores = [h[1] for h in sel["history"]]
+    assert sel["metric"] == "balanced_accuracy" and len(scores) == 2
+    above = [h for h in sel["history"] if not h[2]] or sel["history"]
+    assert sel["epoch"] == max(above, key=lambda h: h[1])[0]
+    assert (out / "model.safetensors").is_file() and (out / "model_last.safetensors").is_file()
+    assert "majority_rate" in summary["test"] and "model: epoch" in proc.stdout
+
+
+def test_each_site_keeps_its_own_labelled_fraction_and_records_it(tiny_config, tmp_path):
+    cfg = load_config(tiny_config(train={"label_fraction": 0.5}, federation={"sites": 2}))
+    parts = [np.arange(0, 120), np.arange(120, 240)]
+    sites = SimulatedSites(cfg, parts, tmp_path / "state")
+    global_ = initial_global(cfg, cfg.data.num_classes)
+    strategy = FGSSLStrategy(cfg.federation, list(global_))
+    for phase_round in (1, 2):  # tiny config: round 1 ssl, round 2 finetune
+        rc = strategy.round_config(phase_round, cfg.seed)
+        keys = strategy.keys_to_send(rc["phase"])
+        infos = [train_round(cfg, sites, s, {k: global_[k] for k in keys}, rc)[1] for s in range(2)]
+        for s, info in enumerate(infos):
+            n = len(sites.splits(s).train)
+            if rc["phase"] == "ssl":
+                assert info["num_examples"] == n
+            else:
+                rec = json.loads((tmp_path / "state" / f"site_{s}" / "labelled.json").read_text())
+                assert info["num_examples"] == rec["labelled_images"] < n and rec["site"] == s
+    a, b = (json.loads((tmp_path / "state" / f"site_{s}" / "labelled.json").read_text()) for s in range(2))
+    assert a["positions_in_train_split"] != b["positions_in_train_split"]
+
+
+def test_selection_prefers_a_model_above_the_majority_rate():
+    sel = Selection("balanced_accuracy", above_majority=True)
+    degenerate = {"balanced_accuracy": 0.70, "accuracy": 0.30, "majority_rate": 0.66}
+    sound = {"balanced_accuracy": 0.60, "accuracy": 0.75, "majority_rate": 0.66}
+    better = {"balanced_accuracy": 0.65, "accuracy": 0.70, "majority_rate": 0.66}
+    assert sel.offer(1, degenerate, lambda: "w1")
+    assert sel.offer(2, sound, lambda: "w2")  # lower balanced accuracy, but not below the majority rate
+    assert not sel.offer(3, degenerate, lambda: "w3")
+    assert sel.offer(4, better, lambda: "w4") and sel.best_state == "w4" and sel.best_step == 4
+    plain = Selection("balanced_accuracy", above_majority=False)
+    plain.offer(1, sound, lambda: "w1")
+    assert plain.offer(2, degenerate, lambda: "w2") and plain.best_step == 2
+    last = Selection("last")
+    for step in (1, 2, 3):
+        last.offer(step, sound, lambda: step)
+    assert last.best_step == 3
