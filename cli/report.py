@@ -84,7 +84,7 @@ class Run:
         else the last evaluated round's records, with each site's latest ε/δ."""
         rnd = self.last_eval_round
         if self.summary is not None and isinstance(self.summary.get("final"), dict):
-            return self.summary["final"], rnd
+            return self.summary["final"], self.summary.get("final_round", rnd)  # the selected round
         out: dict[str, dict[str, Any]] = {}
         if rnd is not None:
             for r in self.records:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fgssl.config import ConfigError, load_config
+from fgssl.metrics import below_majority
 from fgssl.rundir import RunDir
 from simulations import DEFAULT_CONFIG
 
@@ -77,9 +78,14 @@ def run(args: argparse.Namespace) -> int:
     summary = simulate(cfg, run_dir, resume=bool(args.resume), say=out.say, on_round=on_round)
     final = summary.get("final", {})
     rows = [{"site": s, **m} for s, m in final.items()]
+    out.emit("selected", f"model: {summary['selected']['text']}", result=True, round=summary.get("final_round"))
     if rows and not out.json:
         columns = [c for c in TABLE if c != "epsilon" or any("epsilon" in r for r in rows)]
         print(format_table(rows, columns))
+        for r in rows:
+            if below_majority(r):
+                print(f"warning: {'pooled' if r['site'] == 'pooled' else 'site ' + r['site']} test accuracy "
+                      f"{r['accuracy']:.3f} is below its majority-class rate {r['majority_rate']:.3f}")
     out.emit("privacy", f"privacy: {summary['privacy']['text']}", result=True, **summary["privacy"])
     from .report import report_at_end
     text_done = (f"fgssl simulate: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "

@@ -6,7 +6,10 @@ moves messages and writes the run directory.
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -19,7 +22,8 @@ from fgssl.data.images import ImageSet
 from fgssl.metrics import classification_metrics
 from fgssl.model import FGSSLNet, build_model
 from fgssl.privacy.client_level import ClientLevelAccount
-from fgssl.rundir import RunDir
+from fgssl.rundir import RunDir, load_weights
+from fgssl.selection import Selection
 from fgssl.train import evaluate
 from strategies.aggregate import SiteUpdate
 from strategies.client_dp import client_dp_aggregate
@@ -33,7 +37,8 @@ Say = Callable[[str], None]
 # Structured per-round data for callers that want more than the printed line (fgssl simulate --json):
 # {round, total, phase, seconds, train: {site: record}, evals: {site or "pooled": metrics}, text}.
 RoundHook = Callable[[dict[str, Any]], None]
-SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_weighted_kappa", "loss")
+SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_weighted_kappa", "loss",
+                  "majority_rate")
 
 
 def initial_model(cfg: Config, num_classes: int) -> FGSSLNet:
@@ -100,6 +105,9 @@ class FederatedRun:
         self.last_eval: dict[str, Any] = {}
         self.epsilon: dict[str, dict[str, float]] = {}
         self.client_dp = ClientLevelAccount(cfg) if cfg.privacy.mode == "client" else None
+        # The kept model: the round with the best pooled validation metric (the sites' summed val confusions).
+        self.selection = Selection(cfg.train.select_metric, cfg.train.select_above_majority)
+        self.selected_eval: dict[str, Any] | None = None
 
     def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray], config: dict[str, Any]):
         mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
@@ -191,7 +199,31 @@ class FederatedRun:
             matrices = [info[s]["test"]["confusion_matrix"] for s in info if info[s].get("test")]
             if matrices:
                 out["pooled"] = pooled_from_confusion(matrices, self.class_names)
+        val = [info[s]["val"]["confusion_matrix"] for s in info if info[s].get("val")]
+        if val:
+            out.setdefault("pooled", {}).update(flat_metrics(pooled_from_confusion(val, self.class_names), "val_"))
         return out
+
+    def _select(self, rnd: int, evals: dict[str, dict[str, Any]], ckpt_dir: Path) -> None:
+        """Offer round `rnd` to the selection; a winner's weights and metrics go to disk before the checkpoint."""
+        val = pooled_val(evals)
+        if not val:
+            return
+        if self.selection.offer(rnd, val, lambda: {k: np.array(v, copy=True) for k, v in self.global_.items()}):
+            self.selected_eval = evals
+            save_selected(ckpt_dir, rnd, self.selection.best_state, evals)
+
+    def _replay_selection(self, ckpt_round: int, ckpt_dir: Path) -> None:
+        """After a resume: the selection over the checkpointed rounds, from metrics.jsonl and the kept files."""
+        for rec in self.run_dir.read_metrics():
+            if rec.get("site") == "pooled" and int(rec["round"]) <= ckpt_round:
+                self.selection.offer(int(rec["round"]), pooled_val({"pooled": rec}), lambda: None)
+        if self.selection.best_step is not None:
+            kept = load_selected(ckpt_dir, self.selection.best_step)
+            if kept is None:  # a run from before selection existed: nothing to restore
+                self.selection = Selection(self.selection.metric, self.selection.above_majority)
+            else:
+                self.selection.best_state, self.selected_eval = kept
 
     def run(self, resume: bool) -> dict[str, Any]:
         fed = self.cfg.federation
@@ -210,6 +242,7 @@ class FederatedRun:
                         self.epsilon[str(rec["site"])] = {"epsilon": rec["epsilon"], "delta": rec["delta"]}
                     if self.client_dp is not None and rec.get("status") == "accepted":
                         self.client_dp.release(str(rec["site"]))  # released rounds still count after a restart
+                self._replay_selection(ckpt.round, ckpt_dir)
                 self.say(f"resuming after round {ckpt.round} of {fed.total_rounds}")
                 if start > fed.total_rounds:  # stopped between the last checkpoint and the summary
                     self.last_eval = self.evaluate_round(fed.total_rounds)
@@ -227,7 +260,10 @@ class FederatedRun:
                 rec.update(train.get(int(site), {}) if site != "pooled" else {})
                 rec.update(evals.get(site, {}))
                 self.run_dir.log(rec)
+            if evals:
+                self._select(rnd, evals, ckpt_dir)
             save_checkpoint(ckpt_dir, rnd, self.global_, self.strategy.state_dict())
+            drop_unselected(ckpt_dir, self.selection.best_step)
             self.last_eval = evals or self.last_eval
             secs = time.time() - t0
             line = _round_line(rnd, fed.total_rounds, phase, train, evals, secs)
@@ -236,17 +272,55 @@ class FederatedRun:
                                "train": train, "evals": evals, "text": line})
             else:
                 self.say(line)
-        state = {k: torch.from_numpy(np.array(v)) for k, v in self.global_.items()}
-        self.run_dir.save_weights(state)
+        last = {k: torch.from_numpy(np.array(v)) for k, v in self.global_.items()}
+        self.run_dir.save_weights(last, "model_last.safetensors")
+        chosen = self.selection.best_state if self.selection.best_step is not None else None
+        self.run_dir.save_weights({k: torch.from_numpy(np.array(v)) for k, v in chosen.items()} if chosen else last)
+        final = self.selected_eval if chosen else self.last_eval
         summary = {"command": "simulate", "rounds": fed.total_rounds, "sites": len(self.sites),
                    "class_names": self.class_names, "chance_balanced_accuracy": 1.0 / len(self.class_names),
-                   "elapsed_s": round(time.time() - started, 1), "final": self.last_eval,
+                   "elapsed_s": round(time.time() - started, 1), "final": dict(final or {}),
+                   "final_round": self.selection.best_step if chosen else fed.total_rounds,
+                   "final_last": self.last_eval, "selected": self.selection.summary("round"),
                    "privacy": privacy_statement(self.cfg, self.epsilon)}
-        for site, spent in self.epsilon.items():
-            summary["final"].setdefault(site, {}).update(spent)
+        for site, spent in self.epsilon.items():  # ε is what each site has spent in the whole run
+            summary["final"][site] = {**summary["final"].get(site, {}), **spent}
         self.run_dir.write_summary(summary)
         self.run_dir.write_metrics_csv()
         return summary
+
+
+def pooled_val(evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    pooled = evals.get("pooled") or {}
+    return {k[len("val_"):]: v for k, v in pooled.items() if k.startswith("val_")}
+
+
+def _selected_paths(ckpt_dir: Path, rnd: int) -> tuple[Path, Path]:
+    # No "_r" in the names: save_checkpoint prunes "*_r*.safetensors" files of other rounds.
+    return ckpt_dir / f"selected-round{rnd}.safetensors", ckpt_dir / f"selected-round{rnd}.json"
+
+
+def save_selected(ckpt_dir: Path, rnd: int, arrays: dict[str, np.ndarray], evals: dict[str, Any]) -> None:
+    weights, metrics = _selected_paths(ckpt_dir, rnd)
+    RunDir(ckpt_dir).save_weights({k: torch.from_numpy(v) for k, v in arrays.items()}, weights.name)
+    tmp = metrics.with_suffix(".tmp")
+    tmp.write_text(json.dumps(evals))
+    os.replace(tmp, metrics)
+
+
+def load_selected(ckpt_dir: Path, rnd: int) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    weights, metrics = _selected_paths(ckpt_dir, rnd)
+    if not (weights.is_file() and metrics.is_file()):
+        return None
+    return {k: v.numpy() for k, v in load_weights(weights).items()}, json.loads(metrics.read_text())
+
+
+def drop_unselected(ckpt_dir: Path, keep: int | None) -> None:
+    """After a checkpoint: only the selected round's files stay (an older one is the fallback until then)."""
+    for p in ckpt_dir.glob("selected-round*"):
+        stem = p.name[len("selected-round"):].split(".")[0]
+        if stem.isdigit() and int(stem) != keep:
+            p.unlink(missing_ok=True)
 
 
 def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]]) -> dict[str, Any]:

@@ -101,6 +101,13 @@ def _kill_leftovers(fragment: str) -> list[int]:
     left = _pids_mentioning(fragment)
     for pid in left:
         try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            print(f"leftover pid {pid} (state {state[0]}, parent {state[1]}): {cmd[:300]}")
+        except OSError:
+            pass
+    for pid in left:
+        try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass

@@ -88,3 +88,21 @@ def test_selection_prefers_a_model_above_the_majority_rate():
     for step in (1, 2, 3):
         last.offer(step, sound, lambda: step)
     assert last.best_step == 3
+
+
+def test_simulate_keeps_the_round_with_the_best_pooled_validation(finished_run):
+    from safetensors.numpy import load_file
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    pooled = {r["round"]: r for r in records if r["site"] == "pooled"}
+    assert all("val_balanced_accuracy" in r and "val_majority_rate" in r for r in pooled.values())
+    # the same rule, recomputed from the log: above the majority rate first, then the best balanced accuracy
+    best = max(pooled, key=lambda n: (pooled[n]["val_accuracy"] >= pooled[n]["val_majority_rate"],
+                                      pooled[n]["val_balanced_accuracy"], -n))
+    assert summary["final_round"] == summary["selected"]["round"] == best
+    assert summary["final"]["pooled"]["balanced_accuracy"] == pooled[best]["balanced_accuracy"]
+    assert summary["final_last"]["pooled"]["balanced_accuracy"] == pooled[max(pooled)]["balanced_accuracy"]
+    kept, last = load_file(str(finished_run / "model.safetensors")), load_file(str(finished_run / "model_last.safetensors"))
+    same = all(np.array_equal(kept[k], last[k]) for k in kept)
+    assert same == (best == max(pooled))
