@@ -18,6 +18,7 @@ from . import serve_cmd, node_cmd, nodes_cmd
 from . import report_cmd
 from . import compare_cmd
 from . import sweep_cmd
+from . import study_cmd
 
 # Each entry: (name, help, add_arguments, run)
 COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
@@ -42,6 +43,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callab
      compare_cmd.add_arguments, compare_cmd.run),
     ("sweep", "privacy-budget x heterogeneity experiments: one simulate run per (ε, α, seed), results table and plot",
      sweep_cmd.add_arguments, sweep_cmd.run),
+    ("study", "an experiment's arms x seeds (train and simulate runs, resumable), its results table and plot",
+     study_cmd.add_arguments, study_cmd.run),
 ]
 
 

@@ -1,0 +1,67 @@
+"""`fgssl study`: arms × seeds of real train/simulate runs, resumable, with a results table and plot."""
+
+import json
+
+import pytest
+import yaml
+
+from cli.study import EXPERIMENTS, plan, read_experiment
+from fgssl.config import ConfigError
+
+from .conftest import run_cli
+
+TINY_TRAIN = ["data.num_samples=160", "data.image_size=32", "model.backbone=resnet10", "model.width=8",
+              "model.granularities=[4,2,1]", "model.block_mid_channels=8", "model.block_out_channels=16",
+              "model.embed_dim=8", "model.groups=4", "train.batch_size=16", "train.ssl_epochs=1",
+              "train.finetune_epochs=1"]
+
+
+def _experiment(tmp_path, arms: dict) -> str:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"description": "two tiny arms", "seeds": [0, 1], "arms": arms}))
+    return str(path)
+
+
+def test_study_runs_every_arm_and_seed_then_skips_what_is_finished(tmp_path):
+    arms = {"sampler": {"command": "train", "set": TINY_TRAIN}}
+    exp, out = _experiment(tmp_path, arms), tmp_path / "study"
+    first = run_cli("study", exp, "--out", str(out))
+    assert first.stdout.count("running fgssl train") == 2
+    rows = (out / "runs.csv").read_text().splitlines()
+    assert rows[0].startswith("arm,command,seed,status") and len(rows) == 3
+    assert all(",finished," in r for r in rows[1:])
+    md = (out / "results.md").read_text()
+    assert "| sampler" in md and " ± " in md and "majority rate" in md
+    assert (out / "results.png").stat().st_size > 1000
+    assert json.loads((out / "runs" / "sampler-seed1" / "summary.json").read_text())["seed"] == 1
+    results = (out / "results.csv").read_text().splitlines()
+    assert len(results) == 2 and results[0].startswith("arm,command,runs,balanced_accuracy_mean")
+    assert results[1].startswith("sampler,train,2,")
+
+    again = run_cli("study", exp, "--out", str(out))  # nothing left to do
+    assert again.stdout.count("finished earlier, skipped") == 2 and "running" not in again.stdout
+
+    # another config for the arm: the old runs are set aside (kept, not deleted) and run again
+    arms["sampler"]["set"] = [*TINY_TRAIN, "train.class_balance=loss"]
+    third = run_cli("study", _experiment(tmp_path, arms), "--out", str(out), "--seeds", "1")
+    assert third.stdout.count("running fgssl") == 1 and "moved to" in third.stdout
+    assert len(list((out / "stale").iterdir())) == 1
+
+
+def test_study_refuses_a_bad_experiment_before_running_anything(tmp_path):
+    exp = _experiment(tmp_path, {"a": {"command": "train", "set": ["train.batch_size=1"]}})
+    proc = run_cli("study", exp, "--out", str(tmp_path / "s"), check=False)
+    assert proc.returncode == 2 and "train.batch_size" in proc.stderr and "arm 'a'" in proc.stderr
+    assert not (tmp_path / "s" / "runs").exists()
+    with pytest.raises(ConfigError, match="command"):
+        read_experiment(tmp_path / _experiment(tmp_path, {"a": {"command": "fly"}}))
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_experiments_plan_and_their_quick_variant_runs(path, tmp_path):
+    exp = read_experiment(path)
+    assert exp.description and len(plan(exp)) == len(exp.arms) * len(exp.seeds)
+    out = tmp_path / "quick"
+    proc = run_cli("study", str(path), "--quick", "--out", str(out), timeout=900)
+    rows = (out / "runs.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(exp.arms) and all(",finished," in r for r in rows), proc.stdout
