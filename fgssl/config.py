@@ -393,6 +393,7 @@ class SimulationConfig:
             _require(f.site >= 0, f"{p}.faults[{i}].site", f"must be >= 0, got {f.site}")
 
 
+DEFAULT_TARGET_EPSILON = 8.0  # per site over the whole run, the figure DP practice quotes for useful models
 GradSampleMode = Literal["hooks", "functorch", "ew"]  # Opacus' per-sample gradient engines
 BatchReuse = Literal["fresh", "shared"]
 
@@ -406,7 +407,8 @@ class PrivacyConfig:
     mode: Literal["none", "sample", "client"] = "none"
     # σ: noise std / max_grad_norm. Give this or target_epsilon.
     noise_multiplier: float | None = None
-    # Derive σ so that each site's planned run (all its rounds) spends at most this ε.
+    # Derive σ so that each site's planned run (all its rounds) spends at most this ε. With neither this nor
+    # noise_multiplier, a private mode targets DEFAULT_TARGET_EPSILON (written into the run's config.yaml).
     target_epsilon: float | None = None
     # A site refuses to train when its next round would exceed this (null = target_epsilon, else no limit).
     max_epsilon: float | None = None
@@ -424,12 +426,16 @@ class PrivacyConfig:
     # fresh: each progressive step draws its own Poisson batch; shared: one batch for all four (accounted σ/2).
     batch_reuse: BatchReuse = "fresh"
 
+    def __post_init__(self) -> None:
+        if self.mode != "none" and self.noise_multiplier is None and self.target_epsilon is None:
+            object.__setattr__(self, "target_epsilon", DEFAULT_TARGET_EPSILON)
+
     def validate(self, p: str) -> None:
         _require(self.mode in ("none", "sample", "client"), f"{p}.mode",
                  f"unknown mode '{self.mode}'; choose from: none, sample, client")
         if self.mode != "none":
             _require((self.noise_multiplier is None) != (self.target_epsilon is None), f"{p}.noise_multiplier",
-                     "give exactly one of privacy.noise_multiplier and privacy.target_epsilon")
+                     "give privacy.noise_multiplier or privacy.target_epsilon, not both")
         for k in ("noise_multiplier", "target_epsilon", "max_epsilon", "max_grad_norm", "statistic_noise_multiplier",
                   "client_clip_norm"):
             v = getattr(self, k)
