@@ -11,7 +11,6 @@ message. Flower's SuperNode keeps running after it gives up reconnecting, so thi
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 import sys
@@ -149,16 +148,6 @@ def _explain(site: Site, superlink: str, args: argparse.Namespace, launcher_log:
     return "the SuperNode stopped unexpectedly"
 
 
-def become_light(command: str, module: str) -> None:
-    """Re-execute `fgssl COMMAND ...` as `python -m MODULE ...`, without torch.
-
-    The `fgssl` entry point imports every command, torch among them (~370 MB of private memory); a node's supervisor
-    runs for as long as the hospital stays in the federation.
-    """
-    if "torch" in sys.modules and sys.argv[1:2] == [command]:
-        os.execv(sys.executable, [sys.executable, "-m", module, *sys.argv[2:]])
-
-
 def standalone_main(prog: str, doc: str, add: Callable[[argparse.ArgumentParser], None],
                     run_command: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     """`python -m cli.node_cmd` / `cli.nodes_cmd`: the same arguments and exit codes as through `fgssl`."""
@@ -172,7 +161,6 @@ def standalone_main(prog: str, doc: str, add: Callable[[argparse.ArgumentParser]
 
 
 def run(args: argparse.Namespace) -> int:
-    become_light("node", "cli.node_cmd")
     try:
         return _node(args)
     except (DeployError, NodeConfigError) as e:

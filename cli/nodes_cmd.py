@@ -16,7 +16,7 @@ from client.node_settings import NodeConfigError
 
 from .federation import DeployError
 from . import node_cmd
-from .node_cmd import Site, Watch, add_shared_arguments, become_light, run_sites, standalone_main
+from .node_cmd import Site, Watch, add_shared_arguments, run_sites, standalone_main
 from .processes import free_port
 
 
@@ -45,7 +45,6 @@ def parse_sites(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    become_light("nodes", "cli.nodes_cmd")
     node_cmd.COMMAND = "fgssl nodes"
     certs = Path(args.certs).expanduser().resolve()
     state = Path(args.state_dir).expanduser().resolve()

@@ -13,7 +13,7 @@ from .simulate_cmd import DEFAULT_CONFIG
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .main import add_run_arguments
+    from .arguments import add_run_arguments
     add_run_arguments(p)
 
 

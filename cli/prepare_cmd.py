@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config whose `data` section to prepare (flags override it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set data.resize=pad (repeatable)")
-    from .main import add_output_arguments
+    from .arguments import add_output_arguments
     add_output_arguments(p)
 
 

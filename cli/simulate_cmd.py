@@ -19,7 +19,7 @@ POOLED_SCALARS = ("balanced_accuracy", "accuracy", "macro_auc", "macro_f1")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .main import add_run_arguments
+    from .arguments import add_run_arguments
     add_run_arguments(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
 

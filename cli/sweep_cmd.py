@@ -32,7 +32,7 @@ from .sweep_results import (CellResult, group, read_cell, render_markdown, save_
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .main import add_output_arguments
+    from .arguments import add_output_arguments
     p.add_argument("--epsilons", nargs="+", type=epsilon_arg, metavar="EPS",
                    help="privacy budgets ε per site (privacy.target_epsilon, DP-SGD); inf = no differential privacy")
     p.add_argument("--alphas", nargs="+", type=alpha_arg, metavar="ALPHA",

@@ -22,7 +22,7 @@ from .progress import Output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .main import add_run_arguments
+    from .arguments import add_run_arguments
     add_run_arguments(p)
 
 

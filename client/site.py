@@ -86,13 +86,20 @@ def labelled_train(cfg: Config, train: ImageSet, site: int, state_dir: Path) -> 
     return part
 
 
-def _apply_fault(cfg: Config, site: int, rnd: int, arrays: NamedArrays) -> NamedArrays:
+def _apply_fault(cfg: Config, site: int, rnd: int, arrays: NamedArrays,
+                 info: dict[str, Any]) -> tuple[NamedArrays, dict[str, Any]]:
     """Simulation-only fault injection (simulation.faults): lets tests and researchers play a hostile site."""
     for f in cfg.simulation.faults:
         if f.site != site or f.round != rnd:
             continue
         if f.kind == "raise":
             raise RuntimeError(f"injected crash of site {site} in round {rnd} (simulation.faults)")
+        if f.kind == "huge_metric":
+            info = {**info, "note": "x" * 2_000_000}
+            continue
+        if f.kind == "extra_array":
+            arrays = {**arrays, "injected.weight": np.zeros(1000, np.float32)}
+            continue
         key = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating))
         arrays = dict(arrays)
         if f.kind == "nan":
@@ -102,7 +109,7 @@ def _apply_fault(cfg: Config, site: int, rnd: int, arrays: NamedArrays) -> Named
         elif f.kind == "scale":
             arrays = {k: (v * f.scale).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
                       for k, v in arrays.items()}
-    return arrays
+    return arrays, info
 
 
 def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArrays,
@@ -133,7 +140,7 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
     state = model.state_dict()
     arrays = {k: state[k].detach().cpu().numpy() for k in received}
     info = {k: v for k, v in info.items() if not isinstance(v, float) or math.isfinite(v)}
-    return _apply_fault(cfg, site, rnd, arrays), info
+    return _apply_fault(cfg, site, rnd, arrays, info)
 
 
 def evaluate_global(cfg: Config, sites: SiteProvider, site: int, received: NamedArrays, rnd: int) -> dict[str, Any]:

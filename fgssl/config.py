@@ -247,8 +247,9 @@ class FaultConfig:
     """A deliberately faulty or hostile site, for testing the strategy's defences in simulation."""
     site: int
     round: int
-    # raise: the site's client crashes; nan / wrong_shape / scale: it sends a corrupted update.
-    kind: Literal["raise", "nan", "wrong_shape", "scale"]
+    # raise: the site's client crashes; nan / wrong_shape / scale: it sends a corrupted update; huge_metric /
+    # extra_array: a hostile reply (a 2 MB metric string, an array the round did not ask for).
+    kind: Literal["raise", "nan", "wrong_shape", "scale", "huge_metric", "extra_array"]
     scale: float = 1e6
 
 

@@ -28,7 +28,8 @@ from fgssl.train import evaluate
 from strategies.aggregate import SiteUpdate
 from strategies.client_dp import client_dp_aggregate
 from strategies.fgssl_strategy import FGSSLStrategy, RoundOutcome
-from strategies.flower import from_config, from_record, to_config, to_record
+from strategies.flower import array_specs, screen_reply, to_config, to_record
+from strategies.incoming import RejectedReply
 from strategies.secagg import secure_round
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -123,14 +124,19 @@ class FederatedRun:
         # The SuperLink answers for a node it considers dead (src = the SuperLink): match those by the message
         # they reply to, whose id pushing has set.
         site_of_message = {m.metadata.message_id: node_to_site[m.metadata.dst_node_id] for m in msgs}
+        expected = array_specs(arrays) if kind == "train" else {}
         for r in replies:
             site = node_to_site.get(r.metadata.src_node_id, site_of_message.get(r.metadata.reply_to_message_id, -1))
             if r.has_error():
                 failed[site] = f"client error: {r.error.reason.strip()[-300:]}"
                 continue
-            ok[site] = from_config(r.content["info"])
-            if "arrays" in r.content:
-                arrays_by_site[site] = from_record(r.content["arrays"])
+            try:
+                ok[site], got = screen_reply(r.content, expected)
+            except RejectedReply as e:  # a broken or hostile node: dropped like any bad update, named in the log
+                failed[site] = f"rejected reply from site {site} (node {r.metadata.src_node_id}): {e}"
+                continue
+            if got is not None:
+                arrays_by_site[site] = got
                 self.replies[site] = r
         for site in self.sites:
             if site not in ok and site not in failed:

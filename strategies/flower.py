@@ -6,7 +6,10 @@ import json
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from .incoming import (ArraySpec, RejectedReply, ReplyBounds, check_array_meta, check_decoded, check_metric_count,
+                       check_metric_value)
 
 NamedArrays = dict[str, np.ndarray]
 
@@ -38,3 +41,55 @@ def from_config(record: ConfigRecord) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def array_specs(named: NamedArrays) -> dict[str, ArraySpec]:
+    """What a reply may send back for `named` (the arrays the round sent): the same keys, shapes and dtypes."""
+    return {k: ArraySpec(tuple(np.shape(v)), str(np.asarray(v).dtype)) for k, v in named.items()}
+
+
+def screen_reply(content: RecordDict, expected: dict[str, ArraySpec],
+                 bounds: ReplyBounds = ReplyBounds()) -> tuple[dict[str, Any], NamedArrays | None]:
+    """A site's reply as (metrics, arrays or None), checked before decoding; RejectedReply names what is wrong.
+
+    Only an "info" ConfigRecord, a numeric "metrics" MetricRecord (Flower's DP wrapper reads it) and, where arrays
+    are expected, an "arrays" ArrayRecord may be present. Array
+    shapes, dtypes and byte counts are read from the records' metadata first; JSON metrics are length-checked
+    before json.loads and structure-checked after.
+    """
+    for name in content.keys():
+        if name not in ("info", "arrays", "metrics"):
+            raise RejectedReply(f"unexpected record {name[:40]!r} in the reply")
+    if "metrics" in content.keys():
+        numeric = content["metrics"]
+        if not isinstance(numeric, MetricRecord):
+            raise RejectedReply("'metrics' is not a metric record")
+        check_metric_count(list(numeric.keys()), bounds)
+        for k, v in numeric.items():
+            if isinstance(v, list) or isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise RejectedReply(f"metric record entry {k[:40]!r} is not a number")
+    info = content["info"] if "info" in content.keys() else None
+    if not isinstance(info, ConfigRecord):
+        raise RejectedReply("the reply has no 'info' config record")
+    check_metric_count(list(info.keys()), bounds)
+    for k, v in info.items():
+        check_metric_value(k, v, bounds)
+    metrics: dict[str, Any] = {}
+    for k, v in info.items():
+        if k.startswith("json:"):
+            try:
+                decoded = json.loads(v)
+            except (TypeError, ValueError):
+                raise RejectedReply(f"metric {k[5:]!r} is not valid JSON") from None
+            check_decoded(k[5:], decoded, bounds)
+            metrics[k[5:]] = decoded
+        else:
+            metrics[k] = v
+    arrays = None
+    if "arrays" in content.keys():
+        record = content["arrays"]
+        if not isinstance(record, ArrayRecord):
+            raise RejectedReply("'arrays' is not an array record")
+        check_array_meta({k: (tuple(a.shape), str(a.dtype), len(a.data)) for k, a in record.items()}, expected)
+        arrays = from_record(record)
+    return metrics, arrays

@@ -115,8 +115,8 @@ def _kill_leftovers(fragment: str) -> list[int]:
 
 
 def _node_args(port: int, ca: Path, key: Path, site: int, state: Path, wait: float) -> list[str]:
-    # `fgssl node` becomes `python -m cli.node_cmd` (light, no torch) at once; starting there saves each node the
-    # detour (test_node_refuses_a_key_others_can_read goes through `fgssl node`).
+    # `python -m cli.node_cmd` is `fgssl node` without the entry point (test_node_refuses_a_key_others_can_read
+    # goes through `fgssl node`); neither imports torch.
     return [sys.executable, "-m", "cli.node_cmd", "--superlink", f"127.0.0.1:{port}", "--ca", str(ca),
             "--key", str(key), "--site", str(site), "--dataset", "synthetic", "--state-dir", str(state),
             "--max-wait-time", f"{wait:g}"]

@@ -82,18 +82,21 @@ def test_aggregate_is_the_example_weighted_mean_and_local_groups_stay_home(tiny_
 @pytest.mark.slow
 def test_bad_updates_and_a_crashing_site_are_dropped_and_the_round_completes(tiny_config, tmp_path):
     faults = [{"site": 0, "round": 1, "kind": "nan"}, {"site": 1, "round": 1, "kind": "wrong_shape"},
-              {"site": 2, "round": 1, "kind": "scale", "scale": 1e6}, {"site": 3, "round": 1, "kind": "raise"}]
-    cfg_path = tiny_config(federation={"sites": 5, "ssl_rounds": 0, "finetune_rounds": 1, "min_nodes": 1},
+              {"site": 2, "round": 1, "kind": "scale", "scale": 1e6}, {"site": 3, "round": 1, "kind": "raise"},
+              {"site": 5, "round": 1, "kind": "huge_metric"}, {"site": 6, "round": 1, "kind": "extra_array"}]
+    cfg_path = tiny_config(federation={"sites": 7, "ssl_rounds": 0, "finetune_rounds": 1, "min_nodes": 1},
                            simulation={"faults": faults})
     out = tmp_path / "run"
     proc = run_cli("simulate", "--config", str(cfg_path), "--out", str(out))
     rounds = {r["site"]: r for r in _metrics(out) if r["round"] == 1}
     assert rounds["4"]["status"] == "accepted"
-    expectations = {"0": "non-finite", "1": "shape", "2": "norm", "3": "injected crash"}
+    expectations = {"0": "non-finite", "1": "shape", "2": "norm", "3": "injected crash",
+                    "5": "rejected reply from site 5", "6": "unexpected array 'injected.weight'"}
     for site, fragment in expectations.items():
         assert rounds[site]["status"] == "rejected"
         assert fragment in rounds[site]["reason"], rounds[site]["reason"]
     assert "dropped" in proc.stdout
+    assert "is 2000000 characters long" in rounds["5"]["reason"] and "x" * 1000 not in (out / "metrics.jsonl").read_text()
     assert (out / "model.safetensors").exists()
     final = load_file(str(out / "model.safetensors"))
     assert all(np.isfinite(v).all() for v in final.values())

@@ -118,3 +118,19 @@ def test_quiet_and_json_are_exclusive(capsys):
     with pytest.raises(SystemExit) as e:
         main(["simulate", "--quiet", "--json"])
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_help_and_the_node_commands_start_without_torch():
+    """Commands are imported lazily: `fgssl --help`, `fgssl node --help` and `fgssl nodes --help` load no torch."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    probe = ("import sys, contextlib, io\nfrom cli.main import main\nfor argv in ([], ['node'], ['nodes'], ['certs']):\n"
+             "    with contextlib.redirect_stdout(io.StringIO()):\n        try:\n"
+             "            main([*argv, '--help'])\n        except SystemExit:\n            pass\n"
+             "print('torch' in sys.modules, 'flwr' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "False", out.stdout
