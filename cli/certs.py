@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .errors import UserError
+
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 MAX_NODES = 1000
 MAX_DAYS = 36500
@@ -45,7 +47,7 @@ PUBLIC_FILE_MODE = 0o644
 _LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
-class CertsError(ValueError):
+class CertsError(UserError):
     """Invalid input or a refused overwrite; the message is one line meant for the user."""
 
 

@@ -21,9 +21,9 @@ What Flower 1.42 does with the files (read from flwr's own source):
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .certs import DEFAULT_HOSTS, CertsError, generate
+from .certs import DEFAULT_HOSTS, generate
+from .errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,12 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         g = generate(args.out, args.nodes, args.hosts, args.days, force=args.force)
-    except CertsError as e:
-        print(f"fgssl certs: error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:
-        print(f"fgssl certs: error: --out: {e}", file=sys.stderr)
-        return 2
+        raise UserError(f"--out: {e}") from None
 
     first_host = g.hosts[0] if ":" not in g.hosts[0] else f"[{g.hosts[0]}]"
     print(f"fgssl certs: wrote a federation CA, a SuperLink certificate and {len(g.nodes)} SuperNode key "

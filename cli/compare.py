@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
 from .report import ReportError, load_run
 from .run_files import is_finite_number, read_json_object
 
@@ -22,7 +23,7 @@ COLUMNS = ["run", "command", "dataset", "sites", "partition", "strategy", "priva
            *METRICS]
 
 
-class CompareError(Exception):
+class CompareError(UserError):
     """A path cannot be compared (not a run directory, unreadable). The message names the path."""
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from fgssl.rundir import default_run_dir
 
 from .common import format_table
-from .compare import COLUMNS, METRICS, CompareError, load_rows, render_markdown, write_csv
+from .compare import COLUMNS, METRICS, load_rows, render_markdown, write_csv
 
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1",
                  "macro_auc": "macro AUC"}
@@ -25,11 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        rows = load_rows(args.run_dirs)
-    except CompareError as e:
-        print(f"fgssl compare: error: {e}", file=sys.stderr)
-        return 2
+    rows = load_rows(args.run_dirs)
     out = Path(args.out or default_run_dir("compare"))
     out.mkdir(parents=True, exist_ok=True)
     print(format_table([r.row for r in rows], COLUMNS))

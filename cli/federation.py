@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from cryptography import x509
+from .errors import UserError
 
 CONNECTION = "fgssl"
 # flwr's own console scripts are looked up next to this interpreter (a venv need not be on PATH).
 BIN_DIR = Path(sys.executable).parent
 
 
-class DeployError(RuntimeError):
+class DeployError(UserError):
     """A deployment step failed; the message is one line for the user and names the file, key or process."""
 
 

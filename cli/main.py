@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
-from fgssl.config import ConfigError
-from strategies.fgssl_strategy import RoundFailed
-
-from .arguments import add_output_arguments, add_run_arguments  # noqa: F401 (commands used to import them here)
+from .errors import run_command
 
 # (name, help, module): a command's module is imported only when that command runs or shows its --help, so that
 # `fgssl --help` and the torch-free commands (node, nodes, certs) start without importing torch.
@@ -52,27 +48,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(args: argparse.Namespace, message: str, code: int) -> int:
-    print(f"fgssl {args.command}: {message}", file=sys.stderr)
-    if getattr(args, "json", False):  # a JSON reader sees the end of the stream too
-        print(json.dumps({"event": "error", "command": args.command, "message": message, "exit_code": code},
-                         ensure_ascii=False), flush=True)
-    return code
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = {name for name, _, _ in COMMANDS}
     parser = build_parser(next((a for a in argv if a in names), ""))
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as e:
-        return _fail(args, f"error: {e}", 2)
-    except (RoundFailed, TimeoutError) as e:
-        return _fail(args, f"error: {e}", 1)
-    except KeyboardInterrupt:
-        return _fail(args, "interrupted", 130)
+    return run_command(f"fgssl {args.command}", args, args.func)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from client.node_settings import NodeConfigError, NodeSettings
+from client.node_settings import NodeSettings
 from fgssl.config import DATASETS
 
+from . import errors
 from .federation import (DeployError, check_private_file, flower_env, join_address, launcher_command,
                          node_config_arg, parse_address, supernode_command, write_runtime_secret)
 from .processes import Child, become_subreaper, free_port, stop_all, stop_on_signals
@@ -153,19 +154,11 @@ def standalone_main(prog: str, doc: str, add: Callable[[argparse.ArgumentParser]
     """`python -m cli.node_cmd` / `cli.nodes_cmd`: the same arguments and exit codes as through `fgssl`."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     add(parser)
-    try:
-        return run_command(parser.parse_args(argv))
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    return errors.run_command(prog, parser.parse_args(argv), run_command)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _node(args)
-    except (DeployError, NodeConfigError) as e:
-        print(f"fgssl node: error: {e}", file=sys.stderr)
-        return 2
+    return _node(args)
 
 
 def _common_paths(args: argparse.Namespace) -> tuple[str, Path, Path | None]:

@@ -12,7 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from client.node_settings import NodeConfigError
 
 from .federation import DeployError
 from . import node_cmd
@@ -51,14 +50,10 @@ def run(args: argparse.Namespace) -> int:
     sites = [Site(i, certs / "nodes" / f"node_{i}" / "node.key", state / f"site{i}", free_port(),
                   Watch(verbose=args.verbose, prefix=f"site {i}: ")) for i in args.sites]
     missing = [str(s.key) for s in sites if not s.key.is_file()]
-    try:
-        if missing:
-            raise DeployError(f"--certs: no key for {len(missing)} of the sites: {', '.join(missing[:3])}"
-                              + (" ..." if len(missing) > 3 else "") + " (make them with `fgssl certs --nodes N`)")
-        return run_sites(args, sites, state)
-    except (DeployError, NodeConfigError) as e:
-        print(f"fgssl nodes: error: {e}", file=sys.stderr)
-        return 2
+    if missing:
+        raise DeployError(f"--certs: no key for {len(missing)} of the sites: {', '.join(missing[:3])}"
+                          + (" ..." if len(missing) > 3 else "") + " (make them with `fgssl certs --nodes N`)")
+    return run_sites(args, sites, state)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
+from .errors import UserError
 from .run_files import is_finite_number, read_json_object
 
 PLOTS_DIR = "plots"
@@ -32,7 +33,7 @@ METRIC_COLUMNS = [  # (record key, column title)
 ]
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """The path cannot be reported on (not a run directory, no metrics). The message names the path."""
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .report import PLOTS_DIR, ReportError, write_report
+from .report import PLOTS_DIR, write_report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,11 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        paths = write_report(args.run_dir)
-    except ReportError as e:
-        print(f"fgssl report: error: {e}", file=sys.stderr)
-        return 2
+    paths = write_report(args.run_dir)
     if not args.quiet:
         state = "finished" if paths.finished else f"did not finish (stopped at round {paths.last_round})"
         print(f"fgssl report: run {args.run_dir} {state}; {len(paths.plots)} plots")

@@ -11,7 +11,6 @@ import argparse
 import functools
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -76,14 +75,6 @@ def app_folder(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _serve(args)
-    except DeployError as e:
-        print(f"fgssl serve: error: {e}", file=sys.stderr)
-        return 1
-
-
-def _serve(args: argparse.Namespace) -> int:
     cfg = resolve_federation_config(args)
     class_names_of(cfg.data)  # the server's only knowledge of the data: fail now, not after the SuperLink started
     certs_dir = Path(args.certs).expanduser().resolve()
@@ -119,7 +110,8 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             wait_for_port(local.rsplit(":", 1)[0].strip("[]"), port, superlink, args.start_timeout)
         except (ChildExited, TimeoutError) as e:
-            raise DeployError(f"{e}; last lines of {superlink.log_path}:\n{tail(superlink.log_path)}") from None
+            raise DeployError(f"{e}; last lines of {superlink.log_path}:\n{tail(superlink.log_path)}",
+                              exit_code=1) from None
         say(f"fgssl serve: SuperLink up (pid {superlink.pid}); the flwr CLI reaches it at {local}")
         write_connection(flwr_home, local, certs.ca_cert)
 
@@ -144,13 +136,14 @@ def _serve(args: argparse.Namespace) -> int:
         while runner.alive():
             if not superlink.alive():
                 raise DeployError(f"the SuperLink (pid {superlink.pid}) exited with code {superlink.returncode} "
-                                  f"during the run; last lines of {superlink.log_path}:\n{tail(superlink.log_path)}")
+                                  f"during the run; last lines of {superlink.log_path}:\n{tail(superlink.log_path)}",
+                                  exit_code=1)
             time.sleep(0.5)
         code = runner.wait()
         summary_path = run_dir.path / "summary.json"
         if not summary_path.is_file() or summary_path.stat().st_mtime < started:
             raise DeployError(f"the run ended (flwr run exit code {code}) without a summary; see "
-                              f"{runner.log_path} and {superlink.log_path}:\n{tail(runner.log_path)}")
+                              f"{runner.log_path} and {superlink.log_path}:\n{tail(runner.log_path)}", exit_code=1)
     finally:
         if ready is not None:
             ready.unlink(missing_ok=True)

@@ -19,7 +19,6 @@ Results come from the runs' summary.json files only, so they can be rewritten at
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 import subprocess

@@ -16,7 +16,6 @@ from torch.optim import Optimizer
 from .config import Config
 from .jigsaw import jigsaw
 from .model import BRANCHES, CONCAT
-from .phases import PHASES, check_phase  # noqa: F401 (re-exported: the loops' one import for the recipe)
 
 LOSS_NAMES = ("loss_block1", "loss_block2", "loss_block3", "loss_concat")
 STEPS_PER_BATCH = len(BRANCHES)

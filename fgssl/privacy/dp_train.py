@@ -22,7 +22,6 @@ operating system's entropy; pass a seeded generator only for tests and reproduci
 
 from __future__ import annotations
 
-import math
 import secrets
 import warnings
 from contextlib import contextmanager

@@ -18,7 +18,6 @@ that one transaction. This module imports no torch/opacus until ε is computed.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import threading
 from dataclasses import dataclass
