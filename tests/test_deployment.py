@@ -313,6 +313,7 @@ def _stop_within_limit(proc: Proc, sig: int = signal.SIGINT) -> float:
     return time.monotonic() - t0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("state", ["starting", "waiting for nodes"])
 def test_serve_stops_everything_promptly(tmp_path, state):
     if state == "starting":

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from client.site import train_round
@@ -27,6 +28,7 @@ def test_label_fraction_is_stratified_seeded_and_keeps_every_class():
     assert np.array_equal(labelled_indices(labels, 1.0, seed=7), np.arange(136))
 
 
+@pytest.mark.slow
 def test_train_fine_tunes_on_the_labelled_fraction_and_pretrains_on_all(tiny_config, tmp_path):
     cfg = tiny_config(train={"batch_size": 8, "label_fraction": 0.25, "ssl_epochs": 1, "finetune_epochs": 2})
     out = tmp_path / "run"
@@ -90,6 +92,7 @@ def test_selection_prefers_a_model_above_the_majority_rate():
     assert last.best_step == 3
 
 
+@pytest.mark.slow
 def test_simulate_keeps_the_round_with_the_best_pooled_validation(finished_run):
     from safetensors.numpy import load_file
 

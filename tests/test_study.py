@@ -22,6 +22,7 @@ def _experiment(tmp_path, arms: dict) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_study_runs_every_arm_and_seed_then_skips_what_is_finished(tmp_path):
     arms = {"sampler": {"command": "train", "set": TINY_TRAIN}}
     exp, out = _experiment(tmp_path, arms), tmp_path / "study"
@@ -57,6 +58,7 @@ def test_study_refuses_a_bad_experiment_before_running_anything(tmp_path):
         read_experiment(tmp_path / _experiment(tmp_path, {"a": {"command": "fly"}}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_experiments_plan_and_their_quick_variant_runs(path, tmp_path):
     exp = read_experiment(path)
