@@ -127,7 +127,7 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
         private = private_round(model, data, phase, cfg, state_dir, site=site,
                                 run_id=str(round_cfg.get("run_id", "run")), rnd=rnd, epochs=epochs,
                                 max_batches=max_batches, progress=progress)
-        privacy = {"epsilon": private.epsilon, "delta": private.delta}
+        privacy = {k: v for k, v in (("epsilon", private.epsilon), ("delta", private.delta)) if math.isfinite(v)}
         if private.refused:
             return {}, {"refused": private.refused, **privacy}
         info: dict[str, Any] = {**private.metrics, **privacy}

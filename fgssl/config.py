@@ -413,7 +413,7 @@ class PrivacyConfig:
     target_epsilon: float | None = None
     # A site refuses to train when its next round would exceed this (null = target_epsilon, else no limit).
     max_epsilon: float | None = None
-    # null = min(1e-5, 1/(10 n)) for a site with n training images.
+    # null = min(1e-5, 1/(10 n)) for a site with n training images; a site refuses rounds with a δ above 1/(10 n).
     delta: float | None = None
     max_grad_norm: float = 1.0
     # client mode: L2 bound on each site's update (its change of the weights it sends) per round.

@@ -37,3 +37,29 @@ def test_dp_run_reports_ledger_epsilon_and_an_exhausted_site_refuses(tiny_config
     assert summary["privacy"]["guarantee"] == "sample-level"
     assert summary["final"]["0"]["epsilon"] == pytest.approx(site0[1]["epsilon"])
     assert "Sample-level (ε, δ)-DP" in proc.stdout and "epsilon" in proc.stdout
+
+
+def test_a_site_refuses_a_coordinator_delta_above_its_limit(tmp_path):
+    """δ = 1e-2 on a site of a few hundred images (> 1/(10 n)) hollows out any ε: the site refuses the round before it
+    solves σ, trains or writes its ledger, and says why without revealing n."""
+    import torch
+
+    from fgssl.config import load_config
+    from fgssl.data.images import ImageSet
+    from fgssl.model import build_model
+    from fgssl.privacy.node import private_round
+
+    from .conftest import TINY, merge
+
+    data = ImageSet(torch.randint(0, 256, (400, 3, 32, 32), dtype=torch.uint8), torch.arange(400) % 3, ("a", "b", "c"))
+    raw = merge(TINY, {"privacy": {"mode": "sample", "target_epsilon": 8.0, "delta": 1e-2}, "model": {"norm": "group"}})
+    cfg = load_config(None, [], base=raw)
+    model = build_model(cfg.model, 3)
+    out = private_round(model, data, "finetune", cfg, tmp_path, site=0, run_id="r", rnd=1, epochs=1, max_batches=1,
+                        progress=(0.0, 1.0))
+    assert out.refused and "privacy.delta=0.01 is above this site's limit 1/(10·n)" in out.refused
+    assert "400" not in out.refused and out.metrics == {}
+    assert not (tmp_path / "privacy_ledger.sqlite3").exists()  # nothing recorded: nothing was released
+    ok = load_config(None, [], base=merge(raw, {"privacy": {"delta": 1e-5}}))
+    assert private_round(build_model(ok.model, 3), data, "finetune", ok, tmp_path, site=0, run_id="r", rnd=1,
+                         epochs=1, max_batches=1, progress=(0.0, 1.0)).refused is None

@@ -27,6 +27,17 @@ class PrivateRound:
     metrics: dict[str, Any]
 
 
+def delta_refusal(cfg: Config, num_examples: int) -> str | None:
+    """Why this site refuses the run's δ, or None. δ ≥ 1/n allows releasing one image in the clear, and a larger δ
+    makes any ε look smaller: a site accepts at most 1/(10 n) for its own n, whatever the coordinator asks."""
+    asked = cfg.privacy.delta
+    if asked is not None and asked > 1.0 / (10.0 * num_examples):
+        return (f"privacy.delta={asked:g} is above this site's limit 1/(10·n) for its number n of training images; "
+                f"a δ that large would let the printed ε hide a release of single images (leave privacy.delta "
+                f"unset for each site's own default min(1e-5, 1/(10·n)))")
+    return None
+
+
 def node_delta(cfg: Config, num_examples: int) -> float:
     return cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(num_examples)
 
@@ -68,6 +79,9 @@ def private_round(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, stat
                   run_id: str, rnd: int, epochs: int, max_batches: int | None,
                   progress: tuple[float, float]) -> PrivateRound:
     n = len(data)
+    refusal = delta_refusal(cfg, n)
+    if refusal is not None:  # before anything is solved, trained or recorded
+        return PrivateRound(refusal, float("nan"), float("nan"), {})
     delta = node_delta(cfg, n)
     dp = DPSettings.of(cfg.privacy, noise_multiplier(cfg, n))
     mechanism = plan_mechanism(n, phase, cfg, dp, epochs=epochs, max_batches=max_batches)
