@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import yaml
 
+from fgssl.metrics import below_majority
+
 from .errors import UserError
 from .run_files import is_finite_number, read_json_object
 
@@ -26,6 +28,7 @@ PLOTS_DIR = "plots"
 METRIC_COLUMNS = [  # (record key, column title)
     ("num_examples", "test images"),
     ("accuracy", "accuracy"),
+    ("majority_rate", "majority rate"),
     ("balanced_accuracy", "balanced accuracy"),
     ("macro_f1", "macro F1"),
     ("macro_auc", "macro AUC"),
@@ -399,6 +402,8 @@ def _metrics_table(run: Run, final: dict[str, dict[str, Any]]) -> Block:
     for s in sites:
         m = final[s]
         row = [_site_label(s)] + [_fmt(m.get(k)) for k, _ in METRIC_COLUMNS]
+        if below_majority(m):  # more accurate to always answer the majority class: say so in the cell
+            row[1 + [k for k, _ in METRIC_COLUMNS].index("accuracy")] += " ▼ under the majority rate"
         if has_eps:
             row.append(_fmt(m.get("epsilon")))
         if has_err:
