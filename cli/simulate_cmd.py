@@ -13,7 +13,7 @@ from simulations import DEFAULT_CONFIG
 from .common import format_table, open_run_dir, resolve_config, seed_everything
 from .progress import Output
 
-TABLE = ["site", "num_examples", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "epsilon"]
+TABLE = ["site", "num_examples", "accuracy", "majority_rate", "balanced_accuracy", "macro_f1", "macro_auc", "epsilon"]
 POOLED_SCALARS = ("balanced_accuracy", "accuracy", "macro_auc", "macro_f1")
 
 

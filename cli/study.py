@@ -19,12 +19,9 @@ Results come from the runs' summary.json files only, so they can be rewritten at
 from __future__ import annotations
 
 import csv
-import math
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +32,8 @@ from fgssl.config import Config, ConfigError, load_config
 from simulations import DEFAULT_CONFIG
 
 from .run_files import read_json_object
+from .sweep import normalised_config, set_aside
+from .sweep_results import finite_or_none, mean_std, plus_minus
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "simulations" / "configs" / "experiments"
@@ -150,10 +149,6 @@ def plan(exp: Experiment, quick: bool = False, seeds: list[int] | None = None) -
     return runs
 
 
-def _normalised(cfg: Config) -> dict[str, Any]:
-    return yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
 def run_state(run_dir: Path, cfg: Config, command: str) -> str:
     """new | finished | resumable | stale (another config or a run that cannot continue)."""
     if not run_dir.exists():
@@ -162,7 +157,7 @@ def run_state(run_dir: Path, cfg: Config, command: str) -> str:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return "stale"
-    if saved != _normalised(cfg):
+    if saved != normalised_config(cfg):
         return "stale"
     summary = read_json_object(run_dir / "summary.json")
     if summary is not None and (summary.get("test") or summary.get("final")):
@@ -171,13 +166,6 @@ def run_state(run_dir: Path, cfg: Config, command: str) -> str:
     if command == "simulate" and state and isinstance(state.get("round"), int) and state["round"] >= 1:
         return "resumable"  # train has no checkpoints: an unfinished train run starts again
     return "stale"
-
-
-def set_aside(run_dir: Path, out: Path) -> Path:
-    target = out / "stale" / f"{run_dir.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(run_dir), str(target))
-    return target
 
 
 def execute(run: Run, run_dir: Path, config_path: Path, resume: bool, log_path: Path) -> tuple[bool, str]:
@@ -207,10 +195,6 @@ def execute(run: Run, run_dir: Path, config_path: Path, resume: bool, log_path: 
 
 # ---- results ----
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
 def read_run(run: Run, run_dir: Path) -> dict[str, Any]:
     """One row: the run's pooled test metrics (train: its test split; simulate: the union of the sites' tests) and
     the mean over sites of each site's own test balanced accuracy."""
@@ -224,11 +208,11 @@ def read_run(run: Run, run_dir: Path) -> dict[str, Any]:
         final = summary.get("final") or {}
         pooled = final.get("pooled") or {}
         sites = {s: m for s, m in final.items() if s != "pooled" and isinstance(m, dict)}
-    row.update({k: _num(pooled.get(k)) for k, _ in METRICS if k != "site_mean_balanced_accuracy"})
-    site_ba = [_num(m.get("balanced_accuracy")) for m in sites.values()]
+    row.update({k: finite_or_none(pooled.get(k)) for k, _ in METRICS if k != "site_mean_balanced_accuracy"})
+    site_ba = [finite_or_none(m.get("balanced_accuracy")) for m in sites.values()]
     site_ba = [v for v in site_ba if v is not None]
     row["site_mean_balanced_accuracy"] = float(np.mean(site_ba)) if site_ba else None
-    row["seconds"] = _num(summary.get("elapsed_s"))
+    row["seconds"] = finite_or_none(summary.get("elapsed_s"))
     row["status"] = "finished"
     return row
 
@@ -240,17 +224,9 @@ def aggregate(rows: list[dict[str, Any]], arms: list[Arm]) -> list[dict[str, Any
         done = [r for r in rows if r["arm"] == arm.name and r["status"] == "finished"]
         agg: dict[str, Any] = {"arm": arm.name, "command": arm.command, "runs": len(done)}
         for key in [k for k, _ in METRICS] + ["seconds"]:
-            values = [r[key] for r in done if r.get(key) is not None]
-            agg[f"{key}_mean"] = float(np.mean(values)) if values else None
-            agg[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            agg[f"{key}_mean"], agg[f"{key}_std"] = mean_std([r[key] for r in done if r.get(key) is not None])
         out.append(agg)
     return out
-
-
-def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def render_markdown(exp: Experiment, points: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
@@ -264,7 +240,7 @@ def render_markdown(exp: Experiment, points: list[dict[str, Any]], rows: list[di
         flag = " ▼" if (p["accuracy_mean"] is not None and p["majority_rate_mean"] is not None
                         and p["accuracy_mean"] < p["majority_rate_mean"]) else ""
         cells = [p["arm"] + flag, p["command"], str(p["runs"])]
-        cells += [_pm(p[f"{k}_mean"], p[f"{k}_std"]) for k, _ in METRICS]
+        cells += [plus_minus(p[f"{k}_mean"], p[f"{k}_std"]) for k, _ in METRICS]
         cells.append("–" if p["seconds_mean"] is None else f"{p['seconds_mean'] / 60:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r["status"] == "failed"]

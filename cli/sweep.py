@@ -268,7 +268,7 @@ def cell_configs(spec: SweepSpec, default_config: Path) -> tuple[Config, dict[Ce
     return base, configs
 
 
-def _normalised(cfg: Config) -> dict[str, Any]:
+def normalised_config(cfg: Config) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
@@ -296,7 +296,7 @@ def cell_state(cell_dir: Path, cfg: Config) -> CellState:
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return CellState("partial", "no readable config.yaml")
-    expected = _normalised(cfg)
+    expected = normalised_config(cfg)
     if saved != expected:
         return CellState("stale", f"its config differs ({first_difference(saved, expected)})")
     summary = read_json_object(cell_dir / "summary.json")

@@ -30,7 +30,7 @@ class CellResult:
     error: str = ""
 
 
-def _num(v: Any) -> float | None:
+def finite_or_none(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
@@ -42,12 +42,12 @@ def read_cell(cell: Cell, run_dir: Path) -> CellResult:
         return CellResult(cell, run_dir, "not run")
     pooled = (summary.get("final") or {}).get("pooled") or {}
     privacy = summary.get("privacy") or {}
-    return CellResult(cell, run_dir, "finished", {k: _num(pooled.get(k)) for k, _ in METRICS},
-                      _num(privacy.get("max_epsilon_spent")), _num(summary.get("elapsed_s")),
-                      _num(summary.get("chance_balanced_accuracy")))
+    return CellResult(cell, run_dir, "finished", {k: finite_or_none(pooled.get(k)) for k, _ in METRICS},
+                      finite_or_none(privacy.get("max_epsilon_spent")), finite_or_none(summary.get("elapsed_s")),
+                      finite_or_none(summary.get("chance_balanced_accuracy")))
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     std = float(np.std(values, ddof=1)) if len(values) > 1 else None
@@ -70,7 +70,7 @@ class Point:
             values = [r.epsilon_spent for r in self.finished]
         else:
             values = [r.metrics.get(key) for r in self.finished]
-        return _mean_std([v for v in values if v is not None])
+        return mean_std([v for v in values if v is not None])
 
 
 def group(results: list[CellResult]) -> list[Point]:
@@ -115,7 +115,7 @@ def write_results_csv(path: Path, points: list[Point]) -> Path:
     return path
 
 
-def _pm(mean: float | None, std: float | None) -> str:
+def plus_minus(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "–"
     return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
@@ -134,9 +134,9 @@ def render_markdown(points: list[Point], results: list[CellResult], partition_te
         n_failed = sum(r.status == "failed" for r in p.results)
         seeds = f"{len(p.finished)}/{len(p.results)}" + (f" ({n_failed} failed)" if n_failed else "")
         row = [fmt_eps(p.epsilon)] + ([f"{p.alpha:g}"] if alpha_col else []) + [seeds]
-        row += [_pm(*p.stat(k)) for k, _ in METRICS]
+        row += [plus_minus(*p.stat(k)) for k, _ in METRICS]
         spent = p.stat("epsilon_spent")
-        row.append("–" if math.isinf(p.epsilon) else _pm(*spent))
+        row.append("–" if math.isinf(p.epsilon) else plus_minus(*spent))
         lines.append("| " + " | ".join(row) + " |")
     failed = [r for r in results if r.status == "failed"]
     if failed:

@@ -79,12 +79,13 @@ def run(args: argparse.Namespace) -> int:
         out.emit("epoch", line, phase=phase, epoch=epoch + 1, total=epochs, seconds=record["elapsed_s"],
                  loss=result.losses["loss"], **({"val_balanced_accuracy": val["balanced_accuracy"],
                                                   "val_accuracy": val["accuracy"]} if phase == "finetune" else {}))
-    test_last = evaluate(model, splits.test, device=device)
+    test_last = test = evaluate(model, splits.test, device=device)
     run_dir.save_weights(model.state_dict(), "model_last.safetensors")
-    if selection.best_state is not None:
-        model.load_state_dict(selection.best_state)
+    if selection.best_step is not None:
         val = selection.best_val
-    test = evaluate(model, splits.test, device=device) if selection.best_state is not None else test_last
+        if selection.best_step != cfg.train.finetune_epochs:  # an earlier epoch won: its weights, its test
+            model.load_state_dict(selection.best_state)
+            test = evaluate(model, splits.test, device=device)
     summary = {"command": "train", "seed": cfg.seed, "elapsed_s": round(time.time() - started, 1),
                "splits": splits.sizes(), "class_names": list(splits.train.class_names),
                "chance_balanced_accuracy": 1.0 / splits.train.num_classes, "data_notes": splits.notes,

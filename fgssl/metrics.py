@@ -208,13 +208,11 @@ def below_majority(metrics: dict[str, Any]) -> bool:
     return acc is not None and rate is not None and acc < rate - 1e-12
 
 
-def majority_baseline(y_true: np.ndarray, num_classes: int) -> tuple[int | None, float | None]:
-    """(most frequent class, its share of y_true): the accuracy of a constant prediction."""
+def majority_rate(y_true: np.ndarray, num_classes: int) -> float | None:
+    """The share of the most frequent class in y_true: the accuracy of always predicting it."""
     if y_true.size == 0:
-        return None, None
-    counts = np.bincount(y_true, minlength=num_classes)
-    top = int(np.argmax(counts))
-    return top, float(counts[top] / y_true.size)
+        return None
+    return float(np.bincount(y_true, minlength=num_classes).max() / y_true.size)
 
 
 # --------------------------------------------------------------------------- report
@@ -254,13 +252,11 @@ def classification_metrics(
 
     pred = np.argmax(s, axis=1).astype(np.int64)
     cm = confusion_matrix(t, pred, k)
-    acc = accuracy(t, pred)
-    majority = majority_baseline(t, k)
     return {
         "num_examples": int(t.shape[0]),
-        "accuracy": acc,
+        "accuracy": accuracy(t, pred),
         # What always answering the most frequent class of this very set would score (see below_majority).
-        "majority_rate": majority[1],
+        "majority_rate": majority_rate(t, k),
         "balanced_accuracy": balanced_accuracy(t, pred, k),
         "macro_f1": macro_f1(t, pred, k),
         "macro_auc": macro_auc_ovr(t, s, k),

@@ -1,4 +1,4 @@
-"""Hierarchical FG-SSL network: a torchvision ResNet with blocks on layer2/3/4 and a concat branch (the method: Park & Ryu 2024, wired as the paper says).
+"""Hierarchical FG-SSL network: a torchvision ResNet with blocks on layer2/3/4 and a concat branch (Park & Ryu 2024).
 
 Parameter names are grouped by prefix, which the federation relies on to decide what a phase trains and what stays
 local: `backbone.*` (the ResNet), `blocks.{0,1,2}.*` (hierarchical conv blocks), `heads.{0..3}.*` (embedding

@@ -12,9 +12,6 @@ from typing import Any, Callable
 
 from .metrics import below_majority
 
-SELECT_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "last")
-
-
 @dataclass
 class Selection:
     metric: str = "balanced_accuracy"

@@ -6,8 +6,6 @@ moves messages and writes the run directory.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +20,7 @@ from fgssl.data.images import ImageSet
 from fgssl.metrics import classification_metrics
 from fgssl.model import FGSSLNet, build_model
 from fgssl.privacy.client_level import ClientLevelAccount
-from fgssl.rundir import RunDir, load_weights
+from fgssl.rundir import RunDir
 from fgssl.selection import Selection
 from fgssl.train import evaluate
 from strategies.aggregate import SiteUpdate
@@ -32,7 +30,7 @@ from strategies.flower import array_specs, screen_reply, to_config, to_record
 from strategies.incoming import RejectedReply
 from strategies.secagg import secure_round
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import drop_unselected, load_checkpoint, load_selected, save_checkpoint, save_selected
 
 Say = Callable[[str], None]
 # Structured per-round data for callers that want more than the printed line (fgssl simulate --json):
@@ -301,34 +299,6 @@ def pooled_val(evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {k[len("val_"):]: v for k, v in pooled.items() if k.startswith("val_")}
 
 
-def _selected_paths(ckpt_dir: Path, rnd: int) -> tuple[Path, Path]:
-    # No "_r" in the names: save_checkpoint prunes "*_r*.safetensors" files of other rounds.
-    return ckpt_dir / f"selected-round{rnd}.safetensors", ckpt_dir / f"selected-round{rnd}.json"
-
-
-def save_selected(ckpt_dir: Path, rnd: int, arrays: dict[str, np.ndarray], evals: dict[str, Any]) -> None:
-    weights, metrics = _selected_paths(ckpt_dir, rnd)
-    RunDir(ckpt_dir).save_weights({k: torch.from_numpy(v) for k, v in arrays.items()}, weights.name)
-    tmp = metrics.with_suffix(".tmp")
-    tmp.write_text(json.dumps(evals))
-    os.replace(tmp, metrics)
-
-
-def load_selected(ckpt_dir: Path, rnd: int) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    weights, metrics = _selected_paths(ckpt_dir, rnd)
-    if not (weights.is_file() and metrics.is_file()):
-        return None
-    return {k: v.numpy() for k, v in load_weights(weights).items()}, json.loads(metrics.read_text())
-
-
-def drop_unselected(ckpt_dir: Path, keep: int | None) -> None:
-    """After a checkpoint: only the selected round's files stay (an older one is the fallback until then)."""
-    for p in ckpt_dir.glob("selected-round*"):
-        stem = p.name[len("selected-round"):].split(".")[0]
-        if stem.isdigit() and int(stem) != keep:
-            p.unlink(missing_ok=True)
-
-
 def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]]) -> dict[str, Any]:
     """What guarantee the run has, in words and numbers (never an ε the mechanism does not give)."""
     p = cfg.privacy
@@ -351,7 +321,8 @@ def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]]) -> dict[s
                      f"(ε, δ)-DP with respect to adding or removing one training image of that site, with ε per site "
                      f"as listed (at most {worst:.2f}) and δ per site as listed ({p.accountant.upper()} accountant, "
                      f"composed over every round the site trained in, from its ledger). It does not hide a whole "
-                     f"site's participation, nor evaluation metrics, which are reported without noise.")}
+                     f"site's participation, nor what sites report without noise: evaluation metrics, example "
+                     f"counts, and a refusal of the run's δ (which tells that the site's n is below 1/(10 δ)).")}
 
 
 def _round_line(rnd: int, total: int, phase: str, train: dict, evals: dict, secs: float) -> str:

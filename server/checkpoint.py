@@ -1,4 +1,5 @@
-"""Per-round checkpoints: global weights and strategy state (safetensors), round and RNG state (JSON).
+"""Per-round checkpoints: global weights and strategy state (safetensors), round and RNG state (JSON), and the
+weights and metrics of the round selected on validation so far (kept until a later checkpoint selects another).
 
 `state.json` is replaced atomically after the files it names are complete, so a kill at any moment leaves either
 the previous checkpoint or the new one, never a mix.
@@ -56,3 +57,33 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
     torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
     return Checkpoint(int(state["round"]), load_file(str(directory / state["weights"])),
                       load_file(str(directory / state["strategy"])))
+
+
+def _selected_paths(directory: Path, rnd: int) -> tuple[Path, Path]:
+    # No "_r" in the names: save_checkpoint prunes "*_r*.safetensors" files of other rounds.
+    return directory / f"selected-round{rnd}.safetensors", directory / f"selected-round{rnd}.json"
+
+
+def save_selected(directory: Path, rnd: int, arrays: NamedArrays, evals: dict) -> None:
+    """Round `rnd` won the selection: its weights and evaluation, durable before that round's checkpoint."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weights, metrics = _selected_paths(directory, rnd)
+    _save(arrays, weights)
+    tmp = metrics.with_name(metrics.name + ".tmp")
+    tmp.write_text(json.dumps(evals))
+    os.replace(tmp, metrics)
+
+
+def load_selected(directory: Path, rnd: int) -> tuple[NamedArrays, dict] | None:
+    weights, metrics = _selected_paths(directory, rnd)
+    if not (weights.is_file() and metrics.is_file()):
+        return None
+    return load_file(str(weights)), json.loads(metrics.read_text())
+
+
+def drop_unselected(directory: Path, keep: int | None) -> None:
+    """After a checkpoint: only the selected round's files stay (an older one is the fallback until then)."""
+    for p in directory.glob("selected-round*"):
+        stem = p.name[len("selected-round"):].split(".")[0]
+        if stem.isdigit() and int(stem) != keep:
+            p.unlink(missing_ok=True)

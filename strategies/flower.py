@@ -53,9 +53,8 @@ def screen_reply(content: RecordDict, expected: dict[str, ArraySpec],
     """A site's reply as (metrics, arrays or None), checked before decoding; RejectedReply names what is wrong.
 
     Only an "info" ConfigRecord, a numeric "metrics" MetricRecord (Flower's DP wrapper reads it) and, where arrays
-    are expected, an "arrays" ArrayRecord may be present. Array
-    shapes, dtypes and byte counts are read from the records' metadata first; JSON metrics are length-checked
-    before json.loads and structure-checked after.
+    are expected, an "arrays" ArrayRecord may be present. Array shapes, dtypes and byte counts are read from the
+    records' metadata first; JSON metrics are length-checked before json.loads and structure-checked after.
     """
     for name in content.keys():
         if name not in ("info", "arrays", "metrics"):
@@ -73,18 +72,14 @@ def screen_reply(content: RecordDict, expected: dict[str, ArraySpec],
         raise RejectedReply("the reply has no 'info' config record")
     check_metric_count(list(info.keys()), bounds)
     for k, v in info.items():
-        check_metric_value(k, v, bounds)
-    metrics: dict[str, Any] = {}
-    for k, v in info.items():
+        check_metric_value(k, v, bounds)  # lengths first: nothing oversized reaches json.loads
+    try:
+        metrics = from_config(info)
+    except (TypeError, ValueError) as e:
+        raise RejectedReply(f"a JSON metric is not valid JSON ({e})") from None
+    for k in info.keys():
         if k.startswith("json:"):
-            try:
-                decoded = json.loads(v)
-            except (TypeError, ValueError):
-                raise RejectedReply(f"metric {k[5:]!r} is not valid JSON") from None
-            check_decoded(k[5:], decoded, bounds)
-            metrics[k[5:]] = decoded
-        else:
-            metrics[k] = v
+            check_decoded(k[5:], metrics[k[5:]], bounds)
     arrays = None
     if "arrays" in content.keys():
         record = content["arrays"]

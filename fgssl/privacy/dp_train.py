@@ -281,7 +281,8 @@ class DPStepper:
         if expected_batch_size <= 0:
             raise ValueError(f"expected_batch_size must be > 0, got {expected_batch_size}")
         self.model, self.optimizer, self.phase = model, optimizer, phase
-        self.C, self.sigma, self.sigma_s = float(dp.max_grad_norm), float(dp.noise_multiplier), float(dp.statistic_noise_multiplier)
+        self.C, self.sigma = float(dp.max_grad_norm), float(dp.noise_multiplier)
+        self.sigma_s = float(dp.statistic_noise_multiplier)
         self.expected_batch_size = float(expected_batch_size)
         self.observer = observer
         device = next(model.parameters()).device
