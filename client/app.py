@@ -10,6 +10,7 @@ from flwr.clientapp import ClientApp
 from fgssl.config import Config
 from strategies.flower import from_config, from_record, to_config, to_record
 
+from .replies import ReplyCache
 from .site import SiteProvider, evaluate_global, train_round
 from .secagg_app import is_secure_fit, secagg_router, secure_fit_reply
 
@@ -37,7 +38,13 @@ def make_client_app(resolve: Resolver) -> ClientApp:
         if is_secure_fit(msg):
             return secure_fit_reply(msg, cfg, sites, site)
         round_cfg = from_config(msg.content["config"])
-        arrays, info = train_round(cfg, sites, site, from_record(msg.content["arrays"]), round_cfg)
+        received = from_record(msg.content["arrays"])
+        # A request asked again (its first reply was lost) is answered from the cache: trained and charged once.
+        with ReplyCache(sites.state_dir(site)).task("train", int(round_cfg["round"]), received, round_cfg) as task:
+            if (cached := task.load()) is None:
+                cached = train_round(cfg, sites, site, received, round_cfg)
+                task.save(*cached)
+        arrays, info = cached
         metrics = {k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(metrics),
                                    "info": to_config({"site": site, **info})}), reply_to=msg)
@@ -47,7 +54,11 @@ def make_client_app(resolve: Resolver) -> ClientApp:
         cfg, sites = resolve(context)
         site = _site_id(context)
         round_cfg = from_config(msg.content["config"])
-        result = evaluate_global(cfg, sites, site, from_record(msg.content["arrays"]), int(round_cfg["round"]))
-        return Message(RecordDict({"info": to_config({"site": site, **result})}), reply_to=msg)
+        received, rnd = from_record(msg.content["arrays"]), int(round_cfg["round"])
+        with ReplyCache(sites.state_dir(site)).task("evaluate", rnd, received, round_cfg) as task:
+            if (result := task.load()) is None:
+                result = ({}, evaluate_global(cfg, sites, site, received, rnd))
+                task.save(*result)
+        return Message(RecordDict({"info": to_config({"site": site, **result[1]})}), reply_to=msg)
 
     return app

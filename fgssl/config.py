@@ -248,8 +248,10 @@ class FaultConfig:
     site: int
     round: int
     # raise: the site's client crashes; nan / wrong_shape / scale: it sends a corrupted update; huge_metric /
-    # extra_array: a hostile reply (a 2 MB metric string, an array the round did not ask for).
-    kind: Literal["raise", "nan", "wrong_shape", "scale", "huge_metric", "extra_array"]
+    # extra_array: a hostile reply (a 2 MB metric string, an array the round did not ask for); lost_reply: the
+    # coordinator throws the site's first training reply of the round away, as when Flower fails to upload it (the
+    # site has trained and paid for it), so the round must ask it again.
+    kind: Literal["raise", "nan", "wrong_shape", "scale", "huge_metric", "extra_array", "lost_reply"]
     scale: float = 1e6
 
 
@@ -282,6 +284,9 @@ class FederationConfig:
     max_update_norm: float | None = 1000.0
     min_nodes: int = 2
     round_timeout_s: float = 3600.0
+    # A site silent this long after a request is sent it again (then after twice as long, and so on); it answers
+    # from its cached reply, so a lost upload arrives late instead of never (null = never ask again).
+    reask_after_s: float | None = 60.0
     # Secure aggregation (Flower's SecAgg+, see README "Secure aggregation"): each site sends its change of the weights
     # it was sent, clipped per coordinate to [-secagg_clipping_range, secagg_clipping_range], quantised to
     # secagg_quantization_range levels and masked; the server only learns the equal-weight mean of the changes, exact
@@ -350,6 +355,8 @@ class FederationConfig:
         _require(self.min_nodes <= self.sites, f"{p}.min_nodes",
                  f"min_nodes={self.min_nodes} is more than the {self.sites} sites of the federation")
         _require(self.round_timeout_s > 0, f"{p}.round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
+        _require(self.reask_after_s is None or self.reask_after_s > 0, f"{p}.reask_after_s",
+                 f"must be > 0 or null, got {self.reask_after_s}")
         if self.secure_aggregation:
             self._validate_secagg(p)
 

@@ -31,6 +31,7 @@ from strategies.incoming import RejectedReply
 from strategies.secagg import secure_round
 
 from .checkpoint import drop_unselected, load_checkpoint, load_selected, save_checkpoint, save_selected
+from .exchange import exchange
 
 Say = Callable[[str], None]
 # Structured per-round data for callers that want more than the printed line (fgssl simulate --json):
@@ -56,9 +57,9 @@ def wait_for_sites(grid: Grid, count: int, timeout: float) -> dict[int, int]:
         if time.time() > deadline:
             raise TimeoutError(f"only {len(ids)} of {count} sites connected within {timeout:.0f} s")
         time.sleep(0.1)
-    queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in ids]
+    queries = {i: Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for i, n in enumerate(ids)}
     sites = {}
-    for r in grid.send_and_receive(queries, timeout=timeout):
+    for r in exchange(grid, queries, timeout=timeout, reask_after=None).replies.values():
         if r.has_error():
             raise RuntimeError(f"node {r.metadata.src_node_id} failed the handshake: {r.error.reason}")
         site = int(r.content["site"]["site"])
@@ -107,38 +108,39 @@ class FederatedRun:
         # The kept model: the round with the best pooled validation metric (the sites' summed val confusions).
         self.selection = Selection(cfg.train.select_metric, cfg.train.select_above_majority)
         self.selected_eval: dict[str, Any] | None = None
+        self.asks: dict[int, int] = {}  # how often each site was sent the last request
 
     def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray], config: dict[str, Any]):
         mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
         record, settings = to_record(arrays), to_config(config)
-        msgs = [Message(RecordDict({"arrays": record, "config": settings}), dst_node_id=n, message_type=mtype,
-                        group_id=f"{kind}-{rnd}") for n in self.sites.values()]
-        node_to_site = {n: s for s, n in self.sites.items()}
+        requests = {s: Message(RecordDict({"arrays": record, "config": settings}), dst_node_id=n,
+                               message_type=mtype, group_id=f"{kind}-{rnd}") for s, n in self.sites.items()}
+        lost = frozenset(f.site for f in self.cfg.simulation.faults
+                         if f.kind == "lost_reply" and f.round == rnd and kind == "train")
+        got = exchange(self.grid, requests, timeout=self.timeout, reask_after=self.cfg.federation.reask_after_s,
+                       drop_first=lost, say=self.say)
+        self.asks = got.asks
         ok: dict[int, dict[str, Any]] = {}
         arrays_by_site: dict[int, dict[str, np.ndarray]] = {}
         failed: dict[int, str] = {}
         self.replies: dict[int, Message] = {}  # the raw replies with arrays, for Flower's DP wrapper
-        replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
-        # The SuperLink answers for a node it considers dead (src = the SuperLink): match those by the message
-        # they reply to, whose id pushing has set.
-        site_of_message = {m.metadata.message_id: node_to_site[m.metadata.dst_node_id] for m in msgs}
         expected = array_specs(arrays) if kind == "train" else {}
-        for r in replies:
-            site = node_to_site.get(r.metadata.src_node_id, site_of_message.get(r.metadata.reply_to_message_id, -1))
+        for site, r in got.replies.items():
             if r.has_error():
                 failed[site] = f"client error: {r.error.reason.strip()[-300:]}"
                 continue
             try:
-                ok[site], got = screen_reply(r.content, expected)
+                ok[site], received = screen_reply(r.content, expected)
             except RejectedReply as e:  # a broken or hostile node: dropped like any bad update, named in the log
                 failed[site] = f"rejected reply from site {site} (node {r.metadata.src_node_id}): {e}"
                 continue
-            if got is not None:
-                arrays_by_site[site] = got
+            if received is not None:
+                arrays_by_site[site] = received
                 self.replies[site] = r
         for site in self.sites:
             if site not in ok and site not in failed:
-                failed[site] = f"no reply within federation.round_timeout_s={self.timeout:.0f}"
+                failed[site] = (f"no reply within federation.round_timeout_s={self.timeout:.0f} "
+                                f"(asked {got.asks[site]} times)")
         return ok, arrays_by_site, failed
 
     def train_round(self, rnd: int) -> dict[int, dict[str, Any]]:
@@ -181,6 +183,8 @@ class FederatedRun:
                     rec[k] = v
                 elif k not in ("site", "refused"):
                     rec[f"train_{k}"] = v
+            if self.asks.get(site, 1) > 1:  # its first reply was lost (or late) and it was asked again
+                rec["asks"] = self.asks[site]
             records[site] = rec
         return records
 

@@ -492,23 +492,25 @@ def _meminfo(field_name: str) -> int:
 
 @pytest.mark.slow
 def test_load_many_supernodes_three_rounds(tmp_path):
-    """N SuperNodes (default 20) on loopback, 3 rounds of the tiny model, no failed round; prints time/memory.
+    """N SuperNodes on loopback, 3 rounds of the tiny model, every reply of every round; prints time/memory.
 
-    `min_nodes` is N - 1, as a coordinator would set it: Flower 1.42's SuperNode does not retry a reply whose upload
-    failed (flwrlabs/flower#7618), and that happened once in CI (one of 60 replies; the round would have waited out
-    the 180 s push session and gone on). More than one lost reply in a round fails the check, and any lost one is
-    printed with what the nodes logged about it.
+    Flower 1.42's SuperNode drops a reply whose upload failed and never retries it (flwrlabs/flower#7618; it
+    happened once in CI, one of 60 replies). The coordinator asks a silent site again and the site answers from its
+    cached reply (server/exchange.py, client/replies.py): a reply is lost on purpose in every round here
+    (fault lost_reply) and still every site's update must arrive. N is 6 in the suite (2 cores);
+    FGSSL_LOAD_NODES=20 is the full check (about 5.5 minutes here).
     """
-    n = int(os.environ.get("FGSSL_LOAD_NODES", "20"))
+    n = int(os.environ.get("FGSSL_LOAD_NODES", "6"))
     t0 = time.monotonic()
     env = _env(tmp_path)
     certs = generate(tmp_path / "certs", nodes=n)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(merge(TINY, {
         "data": {"num_samples": 40 * n},
-        "federation": {"sites": n, "min_nodes": n - 1, "ssl_rounds": 2, "finetune_rounds": 1,
-                       # a round takes 30-80 s here; a lost reply surfaces after the 180 s push session
-                       "round_timeout_s": 400}})))
+        "federation": {"sites": n, "min_nodes": n, "ssl_rounds": 2, "finetune_rounds": 1, "round_timeout_s": 400,
+                       # shorter than a round here: slow sites are asked again too, and answer from their cache
+                       "reask_after_s": 10},
+        "simulation": {"faults": [{"site": (3 * r) % n, "round": r, "kind": "lost_reply"} for r in (1, 2, 3)]}})))
     port = _free_port()
     run_dir = tmp_path / "run"
     baseline = _meminfo("MemAvailable")
@@ -545,7 +547,8 @@ def test_load_many_supernodes_three_rounds(tmp_path):
             for r in records if r["site"] != "pooled" and (r.get("status") != "accepted" or "eval_error" in r)}
     figures = {"nodes": n, "total_s": round(seconds), "registered_after_s": round(t_registered), "round_s": rounds,
                **memory.figures(), "machine_mem_available_drop_mib": (baseline - memory.min_available) // 1024,
-               "aborted_low_memory": memory.short.is_set(), "lost_replies": lost}
+               "aborted_low_memory": memory.short.is_set(), "lost_replies": lost,
+               "asked_again": {f"round {r['round']} site {r['site']}": r["asks"] for r in records if "asks" in r}}
     print("\nload figures:", json.dumps(figures))
     (tmp_path / "load.json").write_text(json.dumps(figures))
     problems = _node_side_problems(tmp_path / "sites", run_dir) if code != 0 or lost else ""
@@ -556,7 +559,9 @@ def test_load_many_supernodes_three_rounds(tmp_path):
     assert leftovers == []
     for rnd in (1, 2, 3):
         statuses = {r["site"]: r.get("status") for r in records if r["round"] == rnd and r["site"] != "pooled"}
-        assert len(statuses) == n and list(statuses.values()).count("accepted") >= n - 1, (rnd, statuses, problems)
+        assert len(statuses) == n and set(statuses.values()) == {"accepted"}, (rnd, statuses, problems)
+        dropped = next(r for r in records if r["round"] == rnd and r["site"] == str((3 * rnd) % n))
+        assert dropped.get("asks", 1) >= 2, dropped
 
 
 def _node_side_problems(sites: Path, run_dir: Path) -> str:

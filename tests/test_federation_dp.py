@@ -11,19 +11,22 @@ from .conftest import run_cli
 
 
 @pytest.mark.slow
-def test_dp_run_reports_ledger_epsilon_and_an_exhausted_site_refuses(tiny_config, tmp_path):
+def test_dp_run_reports_ledger_epsilon_an_exhausted_site_refuses_and_a_lost_reply_is_paid_once(tiny_config, tmp_path):
     out = tmp_path / "run"
     # Site 1 already spent its lifetime budget in an earlier study: its ledger lives in its state directory.
     with PrivacyLedger(out / "sites" / "site_1") as ledger:
         ledger.commit(ledger.reserve(Mechanism(sample_rate=1.0, noise_multiplier=0.5, steps=50, label="earlier"),
                                      run_id="earlier", round=1, phase="finetune", delta=1e-5))
     cfg = tiny_config(privacy={"mode": "sample", "noise_multiplier": 1.5, "max_epsilon": 50.0},
-                      federation={"sites": 2, "ssl_rounds": 1, "finetune_rounds": 1, "min_nodes": 1})
+                      federation={"sites": 2, "ssl_rounds": 1, "finetune_rounds": 1, "min_nodes": 1},
+                      # site 0's round-2 reply is lost on its way: asked again, it answers from its cached reply
+                      simulation={"faults": [{"site": 0, "round": 2, "kind": "lost_reply"}]})
     proc = run_cli("simulate", "--config", str(cfg), "--out", str(out))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     site0 = [r for r in records if r["site"] == "0"]
     site1 = [r for r in records if r["site"] == "1"]
     assert [r["status"] for r in site0] == ["accepted", "accepted"]
+    assert "asks" not in site0[0] and site0[1]["asks"] == 2
     assert [r["status"] for r in site1] == ["refused", "refused"]
     assert "max_epsilon 50" in site1[0]["reason"]
     assert 0 < site0[0]["epsilon"] < site0[1]["epsilon"] <= 50
@@ -31,6 +34,7 @@ def test_dp_run_reports_ledger_epsilon_and_an_exhausted_site_refuses(tiny_config
     # The reported ε is the ledger's, recomputed independently from its recorded history.
     with PrivacyLedger(out / "sites" / "site_0") as ledger:
         history = ledger.history()
+        # one charge per round, the re-asked round included
         assert [e.round for e in history] == [1, 2] and all(e.status == "committed" for e in history)
         assert site0[1]["epsilon"] == pytest.approx(epsilon([e.mechanism for e in history], site0[1]["delta"]))
     summary = json.loads((out / "summary.json").read_text())
