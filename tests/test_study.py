@@ -54,6 +54,10 @@ def test_study_refuses_a_bad_experiment_before_running_anything(tmp_path):
     proc = run_cli("study", exp, "--out", str(tmp_path / "s"), check=False)
     assert proc.returncode == 2 and "train.batch_size" in proc.stderr and "arm 'a'" in proc.stderr
     assert not (tmp_path / "s" / "runs").exists()
+    good = _experiment(tmp_path, {"a": {"command": "train", "set": TINY_TRAIN}})
+    proc = run_cli("study", good, "--arms", "a", "b", "--out", str(tmp_path / "s"), check=False)
+    assert proc.returncode == 2 and "has no arm b (its arms: a)" in proc.stderr
+    assert not (tmp_path / "s" / "runs").exists()
     with pytest.raises(ConfigError, match="command"):
         read_experiment(tmp_path / _experiment(tmp_path, {"a": {"command": "fly"}}))
 
@@ -63,7 +67,14 @@ def test_study_refuses_a_bad_experiment_before_running_anything(tmp_path):
 def test_shipped_experiments_plan_and_their_quick_variant_runs(path, tmp_path):
     exp = read_experiment(path)
     assert exp.description and len(plan(exp)) == len(exp.arms) * len(exp.seeds)
+    # Every arm's config is resolved and validated by plan(); one arm per command runs end to end here, to keep the
+    # suite's time (`fgssl study NAME --quick` runs them all).
+    first = {}
+    for arm in exp.arms:
+        first.setdefault(arm.command, arm.name)
     out = tmp_path / "quick"
-    proc = run_cli("study", str(path), "--quick", "--out", str(out), timeout=900)
-    rows = (out / "runs.csv").read_text().splitlines()[1:]
-    assert len(rows) == len(exp.arms) and all(",finished," in r for r in rows), proc.stdout
+    proc = run_cli("study", str(path), "--quick", "--arms", *first.values(), "--out", str(out), timeout=900)
+    rows = {r.split(",")[0]: r for r in (out / "runs.csv").read_text().splitlines()[1:]}
+    assert list(rows) == [a.name for a in exp.arms], proc.stdout
+    assert all(",finished," in rows[a] for a in first.values()), proc.stdout
+    assert all(",not run," in r for a, r in rows.items() if a not in first.values()), proc.stdout
