@@ -7,16 +7,16 @@ metrics (pooled test metrics for a simulate run, test metrics for a train run), 
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+
+from fgssl.rundir import RunDir, RunFileError, SavedRun
 
 from .errors import UserError
 from .report import ReportError, load_run
-from .run_files import is_finite_number, read_json_object
+from .run_files import is_finite_number
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 COLUMNS = ["run", "command", "dataset", "sites", "partition", "strategy", "privacy", "progress", "status",
@@ -42,29 +42,11 @@ class RunRow:
         return [(r, float(m[metric])) for r, m in self.pooled if is_finite_number(m.get(metric))]
 
 
-def _read_records(p: Path) -> list[dict[str, Any]]:
-    out = []
-    if not p.is_file():
-        return out
-    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    p = path / "config.yaml"
-    if not p.is_file():
-        return {}
+def _open(path: Path) -> SavedRun:
     try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise CompareError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return loaded if isinstance(loaded, dict) else {}
+        return RunDir.open(path)
+    except RunFileError as e:
+        raise CompareError(str(e)) from None
 
 
 def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -74,19 +56,12 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 def detect_command(path: Path) -> str:
     """'simulate' or 'train'; raises CompareError naming the path when it is not a run directory."""
-    if not path.is_dir():
-        raise CompareError(f"{path} is not a run directory (no such directory)")
-    if not (path / "config.yaml").is_file() or not (path / "metrics.jsonl").is_file():
+    run = _open(path)
+    if not run.has_config or not run.has_metrics:
         raise CompareError(f"{path} is not a run directory (needs config.yaml and metrics.jsonl)")
-    summary = read_json_object(path / "summary.json")
-    if summary and summary.get("command") in ("simulate", "train"):
-        return summary["command"]
-    records = _read_records(path / "metrics.jsonl")
-    if any("round" in r and "site" in r for r in records):
-        return "simulate"
-    if any("epoch" in r or r.get("phase") == "final" for r in records):
-        return "train"
-    raise CompareError(f"{path} is not a run directory (metrics.jsonl holds no simulate or train records)")
+    if run.command is None:
+        raise CompareError(f"{path} is not a run directory (metrics.jsonl holds no simulate or train records)")
+    return run.command
 
 
 def _partition_text(config: dict[str, Any]) -> str:
@@ -147,9 +122,8 @@ def _simulate_row(path: Path, name: str) -> RunRow:
 
 
 def _train_row(path: Path, name: str) -> RunRow:
-    config = _read_config(path)
-    summary = read_json_object(path / "summary.json")
-    records = _read_records(path / "metrics.jsonl")
+    run = _open(path)
+    config, summary, records = run.config, run.summary, run.records
     t = _section(config, "train")
     planned = None
     try:

@@ -62,8 +62,9 @@ def _picks(partition: dict[str, Any] | None, labels_of, n_pool: int) -> list[tup
 def load_examples(run_path: Path, partition: dict[str, Any] | None) -> Examples:
     """A few images of the run, as their sites see them. Raises ViewsUnavailable with the reason."""
     from fgssl.config import ConfigError, load_config
+    from fgssl.rundir import CONFIG
 
-    cfg_path = run_path / "config.yaml"
+    cfg_path = run_path / CONFIG
     if not cfg_path.is_file():
         raise ViewsUnavailable(f"{cfg_path} not found, so the run's images cannot be regenerated")
     try:

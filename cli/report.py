@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from fgssl.metrics import below_majority
+from fgssl.rundir import METRICS, RunDir, RunFileError, SavedRun
 
 from .errors import UserError
-from .run_files import is_finite_number, read_json_object
+from .run_files import is_finite_number
 
 PLOTS_DIR = "plots"
 METRIC_COLUMNS = [  # (record key, column title)
@@ -41,19 +39,9 @@ class ReportError(UserError):
 
 
 @dataclass
-class Run:
-    path: Path
-    config: dict[str, Any]
-    records: list[dict[str, Any]]
-    summary: dict[str, Any] | None
-    partition: dict[str, Any] | None
-    bad_lines: int = 0
+class Run(SavedRun):
+    """A simulate run directory as the report reads it: only its per-site round records."""
     class_names: list[str] = field(default_factory=list)
-
-    # ---- derived facts ----
-    def section(self, name: str) -> dict[str, Any]:
-        value = self.config.get(name)
-        return value if isinstance(value, dict) else {}
 
     @property
     def finished(self) -> bool:
@@ -127,41 +115,20 @@ def _is_evaluated(r: dict[str, Any]) -> bool:
 
 
 def load_run(path: str | Path) -> Run:
-    path = Path(path)
-    if not path.is_dir():
-        raise ReportError(f"{path} is not a run directory (no such directory)")
-    metrics = path / "metrics.jsonl"
-    config_path = path / "config.yaml"
-    if not metrics.is_file() and not config_path.is_file():
-        raise ReportError(f"{path} is not a run directory (no config.yaml or metrics.jsonl)")
-    if not metrics.is_file():
-        raise ReportError(f"{path} has no metrics: {metrics} not found (did the run finish a round?)")
-    records, bad = [], 0
-    for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short when the run was killed
-            bad += 1
-            continue
-        if isinstance(rec, dict) and "round" in rec and "site" in rec:
-            records.append(rec)
-        else:
-            bad += 1
+    try:
+        saved = RunDir.open(path)
+    except RunFileError as e:
+        raise ReportError(str(e)) from None
+    if not saved.has_metrics and not saved.has_config:
+        raise ReportError(f"{saved.path} is not a run directory (no config.yaml or metrics.jsonl)")
+    if not saved.has_metrics:
+        raise ReportError(f"{saved.path} has no metrics: {saved.path / METRICS} not found (did the run finish a "
+                          "round?)")
+    records = [r for r in saved.records if "round" in r and "site" in r]
     if not records:
-        raise ReportError(f"{path} has no metrics: {metrics} holds no per-site round records "
+        raise ReportError(f"{saved.path} has no metrics: {saved.path / METRICS} holds no per-site round records "
                           f"(is it a `fgssl simulate` run?)")
-    config: dict[str, Any] = {}
-    if config_path.is_file():
-        try:
-            loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ReportError(f"{config_path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        config = loaded if isinstance(loaded, dict) else {}
-    summary = read_json_object(path / "summary.json")
-    partition = read_json_object(path / "partition.json")
-    run = Run(path, config, records, summary, partition, bad)
+    run = Run(**{**vars(saved), "records": records, "bad_lines": saved.bad_lines + len(saved.records) - len(records)})
     run.class_names = _class_names(run)
     return run
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import shutil
 import tempfile
 import time
@@ -18,7 +17,7 @@ from typing import Callable
 
 from fgssl.config import Config, ConfigError, load_config
 from fgssl.data.classes import class_names_of
-from fgssl.rundir import RunDir, default_run_dir
+from fgssl.rundir import SUMMARY, RunDir, default_run_dir
 from server.deployment import config_to_run_value
 from simulations import DEFAULT_CONFIG
 
@@ -140,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                                   exit_code=1)
             time.sleep(0.5)
         code = runner.wait()
-        summary_path = run_dir.path / "summary.json"
+        summary_path = run_dir.path / SUMMARY
         if not summary_path.is_file() or summary_path.stat().st_mtime < started:
             raise DeployError(f"the run ended (flwr run exit code {code}) without a summary; see "
                               f"{runner.log_path} and {superlink.log_path}:\n{tail(runner.log_path)}", exit_code=1)
@@ -161,7 +160,7 @@ def _shutdown(runner: Child | None, superlink: Child | None, flwr_home: Path, sa
 
 
 def _finish(run_dir: RunDir, say: Callable[[str], None]) -> None:
-    summary = json.loads((run_dir.path / "summary.json").read_text())
+    summary = RunDir.open(run_dir.path).summary or {}
     rows = [{"site": s, **m} for s, m in summary.get("final", {}).items()]
     if rows:
         say(format_table(rows, [c for c in TABLE if c != "epsilon" or any("epsilon" in r for r in rows)]))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from fgssl.config import ConfigError, load_config
 from fgssl.metrics import below_majority
-from fgssl.rundir import RunDir
+from fgssl.rundir import CONFIG, RunDir
 from simulations import DEFAULT_CONFIG
 
 from .common import format_table, open_run_dir, resolve_config, seed_everything
@@ -54,10 +55,10 @@ def round_event(rec: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     out = Output.from_args(args, "simulate")
     if args.resume:
-        run_dir = RunDir(args.resume)
-        saved = run_dir.path / "config.yaml"
+        saved = Path(args.resume) / CONFIG  # checked before RunDir, which would create the folder
         if not saved.is_file():
-            raise ConfigError("--resume", f"{saved} not found: is {run_dir.path} a run directory?")
+            raise ConfigError("--resume", f"{saved} not found: is {args.resume} a run directory?")
+        run_dir = RunDir(args.resume)
         if args.config or args.overrides or args.seed is not None:
             raise ConfigError("--resume", "a resumed run keeps its saved config; drop --config/--set/--seed")
         cfg = load_config(saved)

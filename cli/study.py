@@ -29,11 +29,12 @@ import numpy as np
 import yaml
 
 from fgssl.config import Config, ConfigError, load_config
+from fgssl.rundir import RunDir, RunFileError, read_json_object
 from simulations import DEFAULT_CONFIG
 
-from .run_files import read_json_object
 from .sweep import normalised_config, set_aside
-from .sweep_results import finite_or_none, mean_std, plus_minus
+from .run_files import finite_or_none
+from .sweep_results import mean_std, plus_minus
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "simulations" / "configs" / "experiments"
@@ -154,12 +155,12 @@ def run_state(run_dir: Path, cfg: Config, command: str) -> str:
     if not run_dir.exists():
         return "new"
     try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        saved = RunDir.open(run_dir)
+    except RunFileError:
         return "stale"
-    if saved != normalised_config(cfg):
+    if not saved.has_config or saved.config != normalised_config(cfg):
         return "stale"
-    summary = read_json_object(run_dir / "summary.json")
+    summary = saved.summary
     if summary is not None and (summary.get("test") or summary.get("final")):
         return "finished"
     state = read_json_object(run_dir / "checkpoint" / "state.json")
@@ -199,9 +200,9 @@ def read_run(run: Run, run_dir: Path) -> dict[str, Any]:
     """One row: the run's pooled test metrics (train: its test split; simulate: the union of the sites' tests) and
     the mean over sites of each site's own test balanced accuracy."""
     row: dict[str, Any] = {"arm": run.arm.name, "command": run.arm.command, "seed": run.seed, "status": "not run"}
-    summary = read_json_object(run_dir / "summary.json")
-    if summary is None:
+    if run_state(run_dir, run.config(), run.arm.command) != "finished":  # a run of another config does not count
         return row
+    summary = RunDir.open(run_dir).summary or {}
     if run.arm.command == "train":
         pooled, sites = summary.get("test") or {}, {}
     else:

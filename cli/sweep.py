@@ -24,8 +24,8 @@ from typing import Any, Callable
 import yaml
 
 from fgssl.config import Config, ConfigError, load_config, parse_overrides
+from fgssl.rundir import RunDir, RunFileError, read_json_object
 
-from .run_files import read_json_object
 
 SPEC_KEYS = ("config", "set", "epsilons", "alphas", "seeds", "out")
 NO_DP_WORDS = ("inf", "+inf", "infinity", "∞", "none")
@@ -291,15 +291,16 @@ def cell_state(cell_dir: Path, cfg: Config) -> CellState:
     """What is on disk for a cell, judged against the config it should have run with."""
     if not cell_dir.exists():
         return CellState("new")
-    saved_path = cell_dir / "config.yaml"
     try:
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        run = RunDir.open(cell_dir)
+    except RunFileError:
+        return CellState("partial", "no readable config.yaml")
+    if not run.has_config:
         return CellState("partial", "no readable config.yaml")
     expected = normalised_config(cfg)
-    if saved != expected:
-        return CellState("stale", f"its config differs ({first_difference(saved, expected)})")
-    summary = read_json_object(cell_dir / "summary.json")
+    if run.config != expected:
+        return CellState("stale", f"its config differs ({first_difference(run.config, expected)})")
+    summary = run.summary
     if summary is not None and isinstance(summary.get("final"), dict) and summary["final"]:
         return CellState("finished")
     state = read_json_object(cell_dir / "checkpoint" / "state.json")

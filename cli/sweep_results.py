@@ -4,7 +4,6 @@ utility_vs_epsilon.png. Read from the cells' summary.json files only, so they ca
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from fgssl.rundir import SUMMARY, read_json_object
+
+from .run_files import finite_or_none
 from .sweep import Cell, fmt_eps, fmt_num
 
 METRICS = (("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC"), ("accuracy", "accuracy"))
@@ -30,15 +32,10 @@ class CellResult:
     error: str = ""
 
 
-def finite_or_none(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
 def read_cell(cell: Cell, run_dir: Path) -> CellResult:
     """A finished cell's pooled final metrics and the ε it spent (the largest over its sites)."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    summary = read_json_object(run_dir / SUMMARY)
+    if summary is None:
         return CellResult(cell, run_dir, "not run")
     pooled = (summary.get("final") or {}).get("pooled") or {}
     privacy = summary.get("privacy") or {}

@@ -1,4 +1,9 @@
-"""A run directory: resolved config, metrics (JSONL and CSV), summary and weights (safetensors, never pickle)."""
+"""A run directory: resolved config, metrics (JSONL and CSV), summary and weights (safetensors, never pickle).
+
+`RunDir(path)` is the writer (it creates the folder); `RunDir.open(path)` is the one reader, for reports, comparisons,
+sweeps and studies, tolerant of what a killed run leaves (a last line cut short, no summary yet). Torch is imported
+only to read or write weights, so the readers start light.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,23 @@ import csv
 import json
 import math
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 from .config import Config
+
+if TYPE_CHECKING:
+    import torch
+
+CONFIG, METRICS, SUMMARY, PARTITION = "config.yaml", "metrics.jsonl", "summary.json", "partition.json"
+
+
+class RunFileError(ValueError):
+    """A run directory that cannot be read (not a folder, a config that is not YAML); names the path."""
 
 
 def default_run_dir(command: str, root: str | Path = "runs") -> Path:
@@ -34,17 +47,94 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing, unreadable, cut short or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """metrics.jsonl's records and the number of lines that are not one (a line cut short by a kill)."""
+    if not path.is_file():
+        return [], 0
+    records, bad = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad += 1
+    return records, bad
+
+
+@dataclass
+class SavedRun:
+    """What a run directory holds, read once. `config` is config.yaml as plain YAML ({} when absent), so runs of
+    older versions with keys that no longer exist still read."""
+    path: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    bad_lines: int
+    summary: dict[str, Any] | None
+    partition: dict[str, Any] | None
+    has_config: bool
+    has_metrics: bool
+
+    def section(self, name: str) -> dict[str, Any]:
+        v = self.config.get(name)
+        return v if isinstance(v, dict) else {}
+
+    @property
+    def command(self) -> str | None:
+        """'simulate' or 'train' (from the summary, else from the kind of records), None when neither."""
+        if self.summary and self.summary.get("command") in ("simulate", "train"):
+            return str(self.summary["command"])
+        if any("round" in r and "site" in r for r in self.records):
+            return "simulate"
+        if any("epoch" in r or r.get("phase") == "final" for r in self.records):
+            return "train"
+        return None
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
 
+    @staticmethod
+    def open(path: str | Path) -> SavedRun:
+        """Read a run directory without changing it; RunFileError when it is not a folder or its config.yaml is
+        not YAML. Missing files read as empty: each caller says what it needs."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunFileError(f"{path} is not a run directory (no such directory)")
+        config: dict[str, Any] = {}
+        config_path = path / CONFIG
+        if config_path.is_file():
+            try:
+                loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+            except yaml.YAMLError as e:
+                raise RunFileError(f"{config_path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            config = loaded if isinstance(loaded, dict) else {}
+        records, bad = read_records(path / METRICS)
+        return SavedRun(path, config, records, bad, read_json_object(path / SUMMARY),
+                        read_json_object(path / PARTITION), config_path.is_file(), (path / METRICS).is_file())
+
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS
 
     def write_config(self, cfg: Config) -> Path:
-        p = self.path / "config.yaml"
+        p = self.path / CONFIG
         _atomic_write(p, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return p
 
@@ -57,9 +147,7 @@ class RunDir:
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return read_records(self.metrics_path)[0]
 
     def truncate_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Drop records that a resumed run will write again (those of rounds after the checkpoint)."""
@@ -81,12 +169,14 @@ class RunDir:
         return p
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
-        p = self.path / "summary.json"
+        p = self.path / SUMMARY
         _atomic_write(p, json.dumps(_jsonable(summary), indent=2))
         return p
 
-    def save_weights(self, state: dict[str, torch.Tensor], name: str = "model.safetensors",
+    def save_weights(self, state: dict[str, "torch.Tensor"], name: str = "model.safetensors",
                      metadata: dict[str, str] | None = None) -> Path:
+        from safetensors.torch import save_file
+
         p = self.path / name
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(p.suffix + ".tmp")
@@ -95,7 +185,9 @@ class RunDir:
         return p
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def load_weights(path: str | Path) -> dict[str, "torch.Tensor"]:
+    from safetensors.torch import load_file
+
     return load_file(str(path))
 
 
