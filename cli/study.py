@@ -32,7 +32,7 @@ from fgssl.config import Config, ConfigError, load_config
 from fgssl.rundir import RunDir, RunFileError, read_json_object
 from simulations import DEFAULT_CONFIG
 
-from .sweep import normalised_config, set_aside
+from .sweep import normalised_config, saved_config_as_now, set_aside
 from .run_files import finite_or_none
 from .sweep_results import mean_std, plus_minus
 
@@ -158,7 +158,7 @@ def run_state(run_dir: Path, cfg: Config, command: str) -> str:
         saved = RunDir.open(run_dir)
     except RunFileError:
         return "stale"
-    if not saved.has_config or saved.config != normalised_config(cfg):
+    if not saved.has_config or saved_config_as_now(saved.config) != normalised_config(cfg):
         return "stale"
     summary = saved.summary
     if summary is not None and (summary.get("test") or summary.get("final")):

@@ -272,6 +272,16 @@ def normalised_config(cfg: Config) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def saved_config_as_now(saved: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's saved config.yaml as this version resolves it: keys added since get their defaults, so a new
+    option does not make every earlier run stale (its default is the old behaviour). None when it no longer loads
+    (a key removed or renamed)."""
+    try:
+        return normalised_config(load_config(None, [], base=saved))
+    except ConfigError:
+        return None
+
+
 def first_difference(a: Any, b: Any, prefix: str = "") -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in list(a) + [k for k in b if k not in a]:
@@ -297,9 +307,11 @@ def cell_state(cell_dir: Path, cfg: Config) -> CellState:
         return CellState("partial", "no readable config.yaml")
     if not run.has_config:
         return CellState("partial", "no readable config.yaml")
-    expected = normalised_config(cfg)
-    if run.config != expected:
-        return CellState("stale", f"its config differs ({first_difference(run.config, expected)})")
+    expected, saved = normalised_config(cfg), saved_config_as_now(run.config)
+    if saved is None:
+        return CellState("stale", "its config.yaml no longer loads")
+    if saved != expected:
+        return CellState("stale", f"its config differs ({first_difference(saved, expected)})")
     summary = run.summary
     if summary is not None and isinstance(summary.get("final"), dict) and summary["final"]:
         return CellState("finished")
