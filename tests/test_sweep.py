@@ -108,6 +108,15 @@ def test_cell_states_decide_skip_resume_restart(tmp_path):
     other = config_from_dict(merge(TINY, {"seed": 7, "federation": {"ssl_rounds": 1, "finetune_rounds": 1}}))
     state = cell_state(cell, other)
     assert state.kind == "stale" and "seed: 1 -> 7" in state.detail
+    # a run from before an option existed is still this config (the option's default is the old behaviour) ...
+    older = cfg.to_dict()
+    del older["federation"]["reask_after_s"]
+    (cell / "config.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
+    assert cell_state(cell, cfg).kind == "finished"
+    # ... but one with a key this version does not know is not
+    (cell / "config.yaml").write_text(yaml.safe_dump({**older, "gone": 1}, sort_keys=False))
+    state = cell_state(cell, cfg)
+    assert state.kind == "stale" and "no longer loads" in state.detail
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path):
