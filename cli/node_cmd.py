@@ -69,6 +69,7 @@ class Watch:
     """What the SuperNode's log says, as it says it."""
     verbose: bool
     prefix: str = ""  # "site N: " when several SuperNodes share one terminal
+    command: str = "fgssl node"  # what this process's lines start with (`fgssl nodes` runs several sites)
     node_id: str | None = None
     gave_up_at: float | None = None
     reasons: list[str] = field(default_factory=list)
@@ -82,12 +83,12 @@ class Watch:
         with self.lock:
             if m := _NODE_ID.search(text):
                 self.node_id = m.group(1)
-                _say(f"{self.prefix}connected to the SuperLink as Flower node {self.node_id}")
+                self.say(f"{self.prefix}connected to the SuperLink as Flower node {self.node_id}")
             elif m := _ROUND.search(text):
                 self._round = f"run {m.group(1)}" + (f", {m.group(2)}" if m.group(2) else "")
             elif (m := _RECEIVING.search(text)) and not self.verbose:
-                _say(self.prefix + (f"{self._round}: {m.group(1)} message received" if self._round else
-                                    f"{m.group(1)} message received"))
+                self.say(self.prefix + (f"{self._round}: {m.group(1)} message received" if self._round else
+                                        f"{m.group(1)} message received"))
             elif "Giving up reconnection" in text:
                 self.gave_up_at = time.monotonic()
             if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake error" in text:
@@ -101,17 +102,12 @@ class Watch:
             if not self.verbose and ("ERROR" in text or "raised an exception" in text):
                 print(f"  {self.prefix}{text}", flush=True)
 
+    def say(self, line: str) -> None:
+        print(f"{self.command}: {line}", flush=True)
+
     def _add(self, reason: str) -> None:
         if reason not in self.reasons:
             self.reasons.append(reason)
-
-
-# The name this process's lines start with (`fgssl nodes` runs the same code for several sites).
-COMMAND = "fgssl node"
-
-
-def _say(line: str) -> None:
-    print(f"{COMMAND}: {line}", flush=True)
 
 
 @dataclass
@@ -185,8 +181,11 @@ def _supernode(site: Site, args: argparse.Namespace, superlink: str, ca: Path, r
                              args.max_wait_time or None, secret)
 
 
-def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path) -> int:
+def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path, command: str = "fgssl node") -> int:
     """Start a SuperNode per site and one warm ClientApp launcher for all of them; supervise until they end."""
+    def say(line: str) -> None:
+        print(f"{command}: {line}", flush=True)
+
     superlink, ca, root = _common_paths(args)
     secret = launcher_dir / "runtime.secret"
     commands = [_supernode(s, args, superlink, ca, root, secret) for s in sites]  # checks every key first
@@ -201,23 +200,23 @@ def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path) -
     launcher: Child | None = None
     try:
         for s, cmd in zip(sites, commands):
-            _say(f"site {s.site} ({'its ' if len(sites) == 1 else ''}{data}{budget}) joining the SuperLink at "
-                 f"{superlink} over TLS (CA {ca}), authenticated with {s.key}")
-            _say(f"{s.watch.prefix}state in {s.state}; SuperNode log: {s.state / 'supernode.log'}")
+            say(f"site {s.site} ({'its ' if len(sites) == 1 else ''}{data}{budget}) joining the SuperLink at "
+                f"{superlink} over TLS (CA {ca}), authenticated with {s.key}")
+            say(f"{s.watch.prefix}state in {s.state}; SuperNode log: {s.state / 'supernode.log'}")
             s.node = Child(f"the SuperNode of site {s.site}", cmd, s.state / "supernode.log",
                            env=flower_env(s.state / "flwr-home"), cwd=s.state, on_line=s.watch)
         log = launcher_dir / "clientapp.log"
-        command = launcher_command([(s.port, s.node.pid, s.state / "flwr-home") for s in sites], secret)
-        launcher = Child("the ClientApp launcher", command, log, env=flower_env(launcher_dir / "flwr-home"),
+        argv = launcher_command([(s.port, s.node.pid, s.state / "flwr-home") for s in sites], secret)
+        launcher = Child("the ClientApp launcher", argv, log, env=flower_env(launcher_dir / "flwr-home"),
                          cwd=launcher_dir,
-                         on_line=Watch(verbose=args.verbose) if len(sites) > 1 else sites[0].watch)
+                         on_line=Watch(verbose=args.verbose, command=command) if len(sites) > 1 else sites[0].watch)
         started = ", ".join(f"{s.watch.prefix}pid {s.node.pid}" for s in sites)
-        _say(f"SuperNode started ({started}); ClientApps run in forks of pid {launcher.pid} (log: {log})")
+        say(f"SuperNode started ({started}); ClientApps run in forks of pid {launcher.pid} (log: {log})")
         _supervise(sites, launcher)
     except KeyboardInterrupt:
-        _say(f"stopping the SuperNode{'s' * (len(sites) > 1)} "
-             f"({', '.join(f'pid {s.node.pid}' for s in sites if s.node)})"
-             + (f" and the ClientApp launcher (pid {launcher.pid})" if launcher else ""))
+        say(f"stopping the SuperNode{'s' * (len(sites) > 1)} "
+            f"({', '.join(f'pid {s.node.pid}' for s in sites if s.node)})"
+            + (f" and the ClientApp launcher (pid {launcher.pid})" if launcher else ""))
         raise
     finally:
         stop_all([launcher, *(s.node for s in sites)])
@@ -230,11 +229,11 @@ def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path) -
         if w.gave_up_at is not None or w.reasons or s.code != 0:
             failed += 1
             reason = _explain(s, superlink, args, launcher_dir / "clientapp.log")
-            print(f"{COMMAND}: error: {w.prefix}{reason} (SuperNode exit code {s.code}; log: "
+            print(f"{command}: error: {w.prefix}{reason} (SuperNode exit code {s.code}; log: "
                   f"{s.state / 'supernode.log'})", file=sys.stderr)
     if failed:
         return 1
-    _say(f"the SuperNode{'s' * (len(sites) > 1)} stopped")
+    say(f"the SuperNode{'s' * (len(sites) > 1)} stopped")
     return 0
 
 

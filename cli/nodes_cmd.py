@@ -14,7 +14,6 @@ from pathlib import Path
 
 
 from .federation import DeployError
-from . import node_cmd
 from .node_cmd import Site, Watch, add_shared_arguments, run_sites, standalone_main
 from .processes import free_port
 
@@ -44,16 +43,15 @@ def parse_sites(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    node_cmd.COMMAND = "fgssl nodes"
     certs = Path(args.certs).expanduser().resolve()
     state = Path(args.state_dir).expanduser().resolve()
     sites = [Site(i, certs / "nodes" / f"node_{i}" / "node.key", state / f"site{i}", free_port(),
-                  Watch(verbose=args.verbose, prefix=f"site {i}: ")) for i in args.sites]
+                  Watch(verbose=args.verbose, prefix=f"site {i}: ", command="fgssl nodes")) for i in args.sites]
     missing = [str(s.key) for s in sites if not s.key.is_file()]
     if missing:
         raise DeployError(f"--certs: no key for {len(missing)} of the sites: {', '.join(missing[:3])}"
                           + (" ..." if len(missing) > 3 else "") + " (make them with `fgssl certs --nodes N`)")
-    return run_sites(args, sites, state)
+    return run_sites(args, sites, state, command="fgssl nodes")
 
 
 def main(argv: list[str] | None = None) -> int:
