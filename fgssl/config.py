@@ -250,8 +250,11 @@ class FaultConfig:
     # raise: the site's client crashes; nan / wrong_shape / scale: it sends a corrupted update; huge_metric /
     # extra_array: a hostile reply (a 2 MB metric string, an array the round did not ask for); lost_reply: the
     # coordinator throws the site's first training reply of the round away, as when Flower fails to upload it (the
-    # site has trained and paid for it), so the round must ask it again.
-    kind: Literal["raise", "nan", "wrong_shape", "scale", "huge_metric", "extra_array", "lost_reply"]
+    # site has trained and paid for it), so the round must ask it again; coordinator_crash: the coordinator stops
+    # after the round's global went out for evaluation and before its checkpoint (a fresh run only, not a resumed
+    # one; `site` is not used).
+    kind: Literal["raise", "nan", "wrong_shape", "scale", "huge_metric", "extra_array", "lost_reply",
+                  "coordinator_crash"]
     scale: float = 1e6
 
 

@@ -30,7 +30,8 @@ from strategies.flower import array_specs, screen_reply, to_config, to_record
 from strategies.incoming import RejectedReply
 from strategies.secagg import secure_round
 
-from .checkpoint import drop_unselected, load_checkpoint, load_selected, save_checkpoint, save_selected
+from .checkpoint import (drop_unselected, load_checkpoint, load_releases, load_selected, save_checkpoint,
+                         save_releases, save_selected)
 from .exchange import exchange
 
 Say = Callable[[str], None]
@@ -162,6 +163,8 @@ class FederatedRun:
                                           clipping_norm=self.client_dp.clip_norm, grid=self.grid)
             for site in outcome.accepted:
                 info[int(site)].update(self.client_dp.release(site))
+            # durable before the noised global is sent anywhere (the evaluation, the next round)
+            save_releases(self.run_dir.path / "checkpoint", self.client_dp.rounds)
         else:
             updates = [SiteUpdate(str(s), arrays[s], int(info[s]["num_examples"]), info[s])
                        for s in sorted(arrays) if arrays[s]]
@@ -243,13 +246,16 @@ class FederatedRun:
                 self.global_, start = ckpt.global_arrays, ckpt.round + 1
                 self.strategy.load_state_dict(ckpt.strategy_state)
                 self.run_dir.truncate_metrics(lambda rec: int(rec.get("round", 0)) <= ckpt.round)
+                released = load_releases(ckpt_dir) if self.client_dp is not None else None
                 for rec in self.run_dir.read_metrics():
                     if rec.get("site") == "pooled":
                         continue
                     if "epsilon" in rec:  # what each site has spent so far, for the summary
                         self.epsilon[str(rec["site"])] = {"epsilon": rec["epsilon"], "delta": rec["delta"]}
-                    if self.client_dp is not None and rec.get("status") == "accepted":
-                        self.client_dp.release(str(rec["site"]))  # released rounds still count after a restart
+                    if self.client_dp is not None and released is None and rec.get("status") == "accepted":
+                        self.client_dp.release(str(rec["site"]))  # a run from before the release count
+                if released is not None:  # every noised global that left, a round redone after a crash included
+                    self.client_dp.rounds = dict(released)
                 self._replay_selection(ckpt.round, ckpt_dir)
                 self.say(f"resuming after round {ckpt.round} of {fed.total_rounds}")
                 if start > fed.total_rounds:  # stopped between the last checkpoint and the summary
@@ -263,6 +269,9 @@ class FederatedRun:
                 if "epsilon" in rec:
                     self.epsilon[str(site)] = {"epsilon": rec["epsilon"], "delta": rec["delta"]}
             evals = self.evaluate_round(rnd) if phase == "finetune" else {}
+            if not resume and any(f.kind == "coordinator_crash" and f.round == rnd for f in self.cfg.simulation.faults):
+                raise RuntimeError(f"injected coordinator crash in round {rnd}, after its global went out and before "
+                                   "its checkpoint (simulation.faults)")
             for site in [str(s) for s in self.sites] + (["pooled"] if "pooled" in evals else []):
                 rec = {"round": rnd, "phase": phase, "site": site}
                 rec.update(train.get(int(site), {}) if site != "pooled" else {})

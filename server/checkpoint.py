@@ -87,3 +87,26 @@ def drop_unselected(directory: Path, keep: int | None) -> None:
         stem = p.name[len("selected-round"):].split(".")[0]
         if stem.isdigit() and int(stem) != keep:
             p.unlink(missing_ok=True)
+
+
+RELEASES = "client_releases.json"
+
+
+def save_releases(directory: Path, releases: dict[str, int]) -> None:
+    """Client-level DP: how many noised globals each site's update is in, fsynced before the newest one leaves the
+    server. A crash after that broadcast and before the round's checkpoint redoes the round with fresh noise over
+    the same updates: a second release, which this count keeps (the round's records, rewritten on resume, do not)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (RELEASES + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(releases, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / RELEASES)
+
+
+def load_releases(directory: Path) -> dict[str, int] | None:
+    path = directory / RELEASES
+    if not path.is_file():
+        return None
+    return {str(k): int(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}

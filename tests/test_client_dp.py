@@ -143,17 +143,28 @@ def test_client_mode_refuses_configs_whose_noise_would_not_cover_the_release():
 
 
 @pytest.mark.slow
-def test_client_level_dp_simulation(tiny_config, tmp_path):
+def test_client_level_dp_simulation_counts_a_round_redone_after_a_crash_twice(tiny_config, tmp_path):
+    """The coordinator dies after round 2's noised global went out for evaluation and before its checkpoint: the
+    resumed run redoes round 2 with fresh noise, a second release over the same updates, and ε must count both."""
     out = tmp_path / "run"
-    cfg = tiny_config(privacy={"mode": "client", "noise_multiplier": 1.0, "client_clip_norm": 0.5})
-    proc = run_cli("simulate", "--config", str(cfg), "--out", str(out))
+    cfg = tiny_config(privacy={"mode": "client", "noise_multiplier": 1.0, "client_clip_norm": 0.5},
+                      simulation={"faults": [{"site": 0, "round": 2, "kind": "coordinator_crash"}]})
+    crashed = run_cli("simulate", "--config", str(cfg), "--out", str(out), check=False)
+    assert crashed.returncode != 0 and "injected coordinator crash in round 2" in crashed.stdout + crashed.stderr
+    assert json.loads((out / "checkpoint" / "client_releases.json").read_text()) == {"0": 2, "1": 2}
+    proc = run_cli("simulate", "--resume", str(out))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     sites = [r for r in records if r["site"] != "pooled"]
     assert {r["status"] for r in sites} == {"accepted"}
     by_round = {r["round"]: r["epsilon"] for r in sites if r["site"] == "0"}
     delta = sites[0]["delta"]
-    for rnd, eps in by_round.items():
-        assert eps == pytest.approx(epsilon([Mechanism(sample_rate=1.0, noise_multiplier=1.0, steps=rnd)], delta))
+
+    def eps(releases: int) -> float:
+        return epsilon([Mechanism(sample_rate=1.0, noise_multiplier=1.0, steps=releases)], delta)
+
+    assert by_round[1] == pytest.approx(eps(1)) and by_round[2] == pytest.approx(eps(3))  # 1, 2 crashed, 2 redone
     summary = json.loads((out / "summary.json").read_text())
     assert summary["privacy"]["guarantee"] == "client-level"
+    assert summary["final"]["0"]["epsilon"] == pytest.approx(eps(3))
+    assert json.loads((out / "checkpoint" / "client_releases.json").read_text()) == {"0": 3, "1": 3}
     assert "Client-level (ε, δ)-DP" in proc.stdout
