@@ -181,9 +181,10 @@ class TrainConfig:
     batch_size: int = 64
     ssl_epochs: int = 1
     finetune_epochs: int = 10
-    # How fine-tuning copes with skewed classes. 'sampler': batches draw every class equally often (with
-    # replacement); 'loss': plain shuffling, cross-entropy weighted per class by (1 / n_k)^class_weight_power
-    # (normalised to mean 1 over the training images); 'none': plain shuffling and loss.
+    # How fine-tuning copes with skewed classes. 'sampler': batches drawn with replacement, each image with weight
+    # (1 / n_k)^class_weight_power (1: every class equally often; 0.5: class k in proportion to sqrt(n_k)); 'loss':
+    # plain shuffling, cross-entropy weighted per class by (1 / n_k)^class_weight_power (normalised to mean 1 over
+    # the training images); 'none': plain shuffling and loss.
     class_balance: Literal["sampler", "loss", "none"] = "sampler"
     class_weight_power: float = 1.0
     # Scarce labels: fine-tuning keeps this stratified, seeded fraction of each site's training labels (every class

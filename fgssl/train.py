@@ -135,7 +135,7 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
     done = 0
     while done < total:
         balanced = phase == "finetune" and cfg.train.class_balance == "sampler"
-        order = data.balanced_order(generator) if balanced else None
+        order = data.balanced_order(generator, cfg.train.class_weight_power) if balanced else None
         for xb, yb in data.batches(bs, shuffle=True, generator=generator, drop_last=drop_last, order=order):
             if done == total:
                 break

@@ -8,7 +8,7 @@ import torch
 
 from client.site import train_round
 from fgssl.config import load_config
-from fgssl.data.images import labelled_indices
+from fgssl.data.images import ImageSet, labelled_indices
 from fgssl.selection import Selection
 from server.app import initial_global
 from simulations.sites import SimulatedSites
@@ -26,6 +26,18 @@ def test_label_fraction_is_stratified_seeded_and_keeps_every_class():
     assert np.array_equal(keep, labelled_indices(labels, 0.1, seed=7))
     assert not np.array_equal(keep, labelled_indices(labels, 0.1, seed=8))
     assert np.array_equal(labelled_indices(labels, 1.0, seed=7), np.arange(136))
+
+
+def test_the_sampler_draws_classes_equally_at_power_1_and_by_sqrt_n_at_power_half():
+    counts = [900, 100, 4]
+    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+    data = ImageSet(torch.zeros(len(labels), 3, 2, 2, dtype=torch.uint8), labels, ("a", "b", "c"))
+    g = torch.Generator().manual_seed(0)
+    drawn = [np.bincount(labels[torch.cat([data.balanced_order(g, power) for _ in range(40)])].numpy(),
+                         minlength=3) / (40 * len(labels)) for power in (1.0, 0.5, 0.0)]
+    np.testing.assert_allclose(drawn[0], [1 / 3] * 3, atol=0.01)
+    np.testing.assert_allclose(drawn[1], np.sqrt(counts) / np.sqrt(counts).sum(), atol=0.01)
+    np.testing.assert_allclose(drawn[2], np.array(counts) / sum(counts), atol=0.01)
 
 
 @pytest.mark.slow

@@ -46,13 +46,15 @@ class ImageSet:
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
-    def balanced_order(self, generator: torch.Generator | None = None) -> Tensor:
-        """len(self) indices drawn with replacement so that every present class is equally likely.
+    def balanced_order(self, generator: torch.Generator | None = None, power: float = 1.0) -> Tensor:
+        """len(self) indices drawn with replacement, each image with weight (1 / n_k)^power: power 1 makes every
+        present class equally likely, 0.5 draws class k in proportion to sqrt(n_k), 0 is plain resampling.
 
-        Skewed hospital data (ISIC: two thirds naevi) otherwise teaches the model to answer the majority class.
+        Skewed hospital data (ISIC: two thirds naevi) otherwise teaches the model to answer the majority class; a
+        site with three images of a class replays each of them many times an epoch at power 1.
         """
         counts = torch.bincount(self.labels, minlength=self.num_classes).float()
-        weights = 1.0 / counts[self.labels]
+        weights = 1.0 / counts[self.labels] if power == 1.0 else counts[self.labels].pow(-power)
         return torch.multinomial(weights, len(self), replacement=True, generator=generator)
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
