@@ -288,8 +288,9 @@ class FederationConfig:
     max_update_norm: float | None = 1000.0
     min_nodes: int = 2
     round_timeout_s: float = 3600.0
-    # A site silent this long after a request is sent it again (then after twice as long, and so on); it answers
-    # from its cached reply, so a lost upload arrives late instead of never (null = never ask again).
+    # A site silent this long after a request, and twice as long as the others' typical reply, is sent it again
+    # (then after twice as long, and so on); it answers from its cached reply, so a lost upload arrives late instead
+    # of never (null = only replies the SuperLink reports lost are asked again).
     reask_after_s: float | None = 60.0
     # Secure aggregation (Flower's SecAgg+, see README "Secure aggregation"): each site sends its change of the weights
     # it was sent, clipped per coordinate to [-secagg_clipping_range, secagg_clipping_range], quantised to

@@ -2,10 +2,12 @@
 
 Flower 1.42's SuperNode drops a reply whose upload failed and never retries it, so the coordinator would wait out
 the round and go on without that site, although the site has trained and charged its privacy ledger. Here a site
-that stays silent is sent the same request again (after `reask_after_s`, then twice that, and so on). The node
-answers a request it has already answered from its cached reply (client/replies.py), so the update arrives late
-instead of never and is paid for once. A node that is merely slow has the copy queued behind the request it is
-working on (a SuperNode handles one message at a time) and answers it from the cache in milliseconds. Only the first
+that stays silent while the others have answered is sent the same request again: once it is overdue by
+`reask_after_s` and by twice the others' typical reply time, then after twice as long, and so on. The node answers
+a request it has already answered from its cached reply (client/replies.py), so the update arrives late instead of
+never and is paid for once. A node that is merely slow has the copy queued behind the request it is working on (a
+SuperNode handles one message at a time) and answers it from the cache without training; the copy still carries
+the whole request over the network, which is why the others' pace sets how long to wait. Only the first
 reply per site counts; later copies are never pulled. A reply the SuperLink reports as lost on the way (Flower's
 MESSAGE_UNAVAILABLE: the upload did not complete) is asked again at once. Other error replies are final: a crashed
 ClientApp or a node the SuperLink declared dead is not asked again within the round.
@@ -48,22 +50,29 @@ def exchange(grid: Grid, requests: dict[int, Message], *, timeout: float, reask_
     """
     out = Exchange(asks={s: 0 for s in requests})
     unanswered: dict[str, int] = {}  # message id -> site, for every copy sent whose reply has not come
-    next_ask: dict[int, float] = {}
-    wait = {s: reask_after for s in requests}
+    last_ask: dict[int, float] = {}
+    took: list[float] = []  # seconds from the first ask to the reply, of the sites that answered
     to_drop = set(drop_first)
 
     def send(sites: list[int]) -> None:
         copies = [_copy(requests[s]) for s in sites]
         for s, mid in zip(sites, grid.push_messages(copies)):
             out.asks[s] += 1
+            last_ask[s] = time.monotonic()
             if mid:
                 unanswered[mid] = s
-            if wait[s] is not None:
-                next_ask[s] = time.monotonic() + wait[s]
-                wait[s] *= 2
 
+    def overdue(site: int, now: float) -> bool:
+        """Silent for longer than reask_after and than twice the others' typical reply time (doubling with each ask):
+        a copy carries the whole request, so on a machine where every site is slow nobody is asked again."""
+        if reask_after is None or not took:
+            return False
+        typical = sorted(took)[len(took) // 2]
+        return now - last_ask[site] >= max(reask_after, 2 * typical) * 2 ** (out.asks[site] - 1)
+
+    started = time.monotonic()
     send(list(requests))
-    deadline = time.monotonic() + timeout
+    deadline = started + timeout
     pending = set(requests)
     while pending:
         ids = [mid for mid, s in unanswered.items() if s in pending]
@@ -86,10 +95,11 @@ def exchange(grid: Grid, requests: dict[int, Message], *, timeout: float, reask_
                 continue
             out.replies[site] = reply
             pending.discard(site)
+            took.append(time.monotonic() - started)
         now = time.monotonic()
         if not pending or now >= deadline:
             break
-        again = sorted(s for s in pending if s not in lost_now and s in next_ask and next_ask[s] <= now)
+        again = sorted(s for s in pending if s not in lost_now and overdue(s, now))
         if again and say:
             say(f"no reply yet from site{'s' if len(again) > 1 else ''} {', '.join(map(str, again))}: asking again")
         if again or lost_now:

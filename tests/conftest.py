@@ -46,6 +46,17 @@ def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.
     return proc
 
 
+@pytest.fixture
+def flower_identity():
+    """Flower stamps every message with the identity of the running task (node 1 here); a unit test has none."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Path:
     """One finished 3-round simulation of two sites (1 SSL + 2 fine-tune rounds), shared by the tests that read a
@@ -55,3 +66,16 @@ def finished_run(tmp_path_factory) -> Path:
     cfg.write_text(yaml.safe_dump(merge(TINY, {"federation": {"sites": 2, "ssl_rounds": 1, "finetune_rounds": 2}})))
     run_cli("simulate", "--config", str(cfg), "--out", str(root / "run"), "--quiet")
     return root / "run"
+
+
+# The files that take longest, first: two xdist workers take whole files in collection order, so starting with the
+# long ones leaves the short ones to fill the gaps at the end instead of one long file running alone.
+LONG_FILES = ("test_federation.py", "test_deployment.py", "test_deployment_load.py", "test_sweep.py",
+              "test_secagg.py", "test_study.py", "test_client_dp.py", "test_progress.py",
+              "test_simulate_real_data.py", "test_federation_dp.py", "test_ray_cluster.py", "test_flwr_run.py",
+              "test_report.py", "test_cli_train.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))

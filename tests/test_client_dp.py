@@ -4,8 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Message, MessageType, RecordDict
 
 from fgssl.config import ConfigError, FederationConfig, load_config
 from fgssl.privacy.accounting import Mechanism, default_delta, epsilon
@@ -19,15 +18,6 @@ from .conftest import run_cli
 KEYS = ["backbone.w", "blocks.0.w", "heads.0.w", "classifiers.0.w"]
 SERVER = 1
 CLIENT = ["privacy.mode=client", "model.norm=group"]
-
-
-@pytest.fixture
-def flower_identity():
-    # Flower stamps every message with the identity of the running task; a unit test has none.
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SERVER, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def _global(size: int = 2000) -> dict[str, np.ndarray]:

@@ -120,9 +120,7 @@ def test_load_many_supernodes_three_rounds(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(merge(TINY, {
         "data": {"num_samples": 40 * n},
-        "federation": {"sites": n, "min_nodes": n, "ssl_rounds": 2, "finetune_rounds": 1, "round_timeout_s": 400,
-                       # shorter than a round here: slow sites are asked again too, and answer from their cache
-                       "reask_after_s": 10},
+        "federation": {"sites": n, "min_nodes": n, "ssl_rounds": 2, "finetune_rounds": 1, "round_timeout_s": 400},
         "simulation": {"faults": [{"site": (3 * r) % n, "round": r, "kind": "lost_reply"} for r in (1, 2, 3)]}})))
     port = _free_port()
     run_dir = tmp_path / "run"

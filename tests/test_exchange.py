@@ -1,0 +1,83 @@
+"""When the coordinator asks a site again (server/exchange.py), driven on a stand-in for Flower's Grid whose sites
+answer after set delays; the real thing runs in test_federation_dp.py and the load check."""
+
+import time
+
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
+
+from server.exchange import exchange
+
+pytestmark = pytest.mark.usefixtures("flower_identity")
+
+
+class ScriptedGrid:
+    """Each site answers every copy it gets `delay[site]` seconds after it; `lose` sites lose their first answer
+    (silently, or as the SuperLink's MESSAGE_UNAVAILABLE error when `as_error`)."""
+
+    def __init__(self, delay: dict[int, float], lose: set[int] = frozenset(), as_error: bool = False) -> None:
+        self.delay, self.lose, self.as_error = delay, set(lose), as_error
+        self.sent: list[tuple[float, int]] = []
+        self.due: dict[str, tuple[float, Message]] = {}
+
+    def push_messages(self, messages):
+        ids = []
+        for m in messages:
+            site = m.metadata.dst_node_id
+            mid = f"m{len(self.sent)}"
+            self.sent.append((time.monotonic(), site))
+            m.metadata.__dict__["_message_id"] = mid
+            if site in self.lose and not self.as_error:
+                self.lose.discard(site)
+            elif site in self.lose:
+                self.lose.discard(site)
+                reply = Message(Error(ErrorCode.MESSAGE_UNAVAILABLE, "Reply message objects are unavailable"),
+                                reply_to=m)
+                self.due[mid] = (time.monotonic() + self.delay[site], reply)
+            else:
+                reply = Message(RecordDict({"r": ConfigRecord({"site": site})}), reply_to=m)
+                self.due[mid] = (time.monotonic() + self.delay[site], reply)
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        now = time.monotonic()
+        ready = [mid for mid in ids if mid in self.due and self.due[mid][0] <= now]
+        return [self.due.pop(mid)[1] for mid in ready]
+
+
+def _requests(sites):
+    return {s: Message(RecordDict(), dst_node_id=s, message_type=MessageType.TRAIN) for s in sites}
+
+
+def test_a_silent_site_is_asked_again_once_it_is_overdue_against_the_others():
+    grid = ScriptedGrid({0: 0.1, 1: 0.1, 2: 0.1}, lose={2})
+    got = exchange(grid, _requests([0, 1, 2]), timeout=10, reask_after=0.3, poll=0.02)
+    assert set(got.replies) == {0, 1, 2} and got.asks == {0: 1, 1: 1, 2: 2}
+    second = [t for t, s in grid.sent if s == 2][1]
+    assert second - grid.sent[0][0] >= 0.3  # not before reask_after
+
+
+def test_nobody_is_asked_again_while_nobody_has_answered():
+    """Every site slower than reask_after: copies would only add load, so none are sent."""
+    grid = ScriptedGrid({0: 0.6, 1: 0.7})
+    got = exchange(grid, _requests([0, 1]), timeout=10, reask_after=0.1, poll=0.02)
+    assert set(got.replies) == {0, 1} and got.asks == {0: 1, 1: 1}
+
+
+def test_a_reply_reported_lost_is_asked_again_at_once_and_a_dropped_one_too():
+    grid = ScriptedGrid({0: 0.05, 1: 0.05}, lose={1}, as_error=True)
+    got = exchange(grid, _requests([0, 1]), timeout=10, reask_after=None, poll=0.02)
+    assert not got.replies[1].has_error() and got.asks == {0: 1, 1: 2}
+    grid = ScriptedGrid({0: 0.05, 1: 0.05})
+    got = exchange(grid, _requests([0, 1]), timeout=10, reask_after=None, drop_first=frozenset({0}), poll=0.02)
+    assert set(got.replies) == {0, 1} and got.asks == {0: 2, 1: 1}
+
+
+def test_a_site_that_never_answers_is_reported_missing_at_the_timeout_with_its_asks_bounded():
+    grid = ScriptedGrid({0: 0.02, 1: 1000.0})
+    t0 = time.monotonic()
+    got = exchange(grid, _requests([0, 1]), timeout=1.0, reask_after=0.1, poll=0.02)
+    assert 1.0 <= time.monotonic() - t0 < 1.5
+    assert set(got.replies) == {0} and 2 <= got.asks[1] <= 4  # at 0.1, 0.3, 0.7 s: doubling
