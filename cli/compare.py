@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from fgssl.rundir import RunDir, RunFileError, SavedRun
 
 from .errors import UserError

@@ -11,6 +11,7 @@ message. Flower's SuperNode keeps running after it gives up reconnecting, so thi
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import signal
 import sys
@@ -64,6 +65,11 @@ def add_shared_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="print the SuperNode's whole log, not only key lines")
 
 
+def say_as(command: str, line: str) -> None:
+    """One progress line, starting with the command's name (`fgssl nodes` runs the node code for several sites)."""
+    print(f"{command}: {line}", flush=True)
+
+
 @dataclass
 class Watch:
     """What the SuperNode's log says, as it says it."""
@@ -103,7 +109,7 @@ class Watch:
                 print(f"  {self.prefix}{text}", flush=True)
 
     def say(self, line: str) -> None:
-        print(f"{self.command}: {line}", flush=True)
+        say_as(self.command, line)
 
     def _add(self, reason: str) -> None:
         if reason not in self.reasons:
@@ -183,9 +189,7 @@ def _supernode(site: Site, args: argparse.Namespace, superlink: str, ca: Path, r
 
 def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path, command: str = "fgssl node") -> int:
     """Start a SuperNode per site and one warm ClientApp launcher for all of them; supervise until they end."""
-    def say(line: str) -> None:
-        print(f"{command}: {line}", flush=True)
-
+    say = functools.partial(say_as, command)
     superlink, ca, root = _common_paths(args)
     secret = launcher_dir / "runtime.secret"
     commands = [_supernode(s, args, superlink, ca, root, secret) for s in sites]  # checks every key first

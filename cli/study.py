@@ -29,11 +29,11 @@ import numpy as np
 import yaml
 
 from fgssl.config import Config, ConfigError, load_config
-from fgssl.rundir import RunDir, RunFileError, read_json_object
+from fgssl.rundir import RunDir, RunFileError, SavedRun, read_json_object
 from simulations import DEFAULT_CONFIG
 
-from .sweep import normalised_config, saved_config_as_now, set_aside
 from .run_files import finite_or_none
+from .sweep import normalised_config, saved_config_as_now, set_aside
 from .sweep_results import mean_std, plus_minus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,9 +155,14 @@ def run_state(run_dir: Path, cfg: Config, command: str) -> str:
     if not run_dir.exists():
         return "new"
     try:
-        saved = RunDir.open(run_dir)
+        return state_of(RunDir.open(run_dir), cfg, command)
     except RunFileError:
         return "stale"
+
+
+def state_of(saved: SavedRun, cfg: Config, command: str) -> str:
+    """run_state of a run directory already read."""
+    run_dir = saved.path
     if not saved.has_config or saved_config_as_now(saved.config) != normalised_config(cfg):
         return "stale"
     summary = saved.summary
@@ -200,9 +205,13 @@ def read_run(run: Run, run_dir: Path) -> dict[str, Any]:
     """One row: the run's pooled test metrics (train: its test split; simulate: the union of the sites' tests) and
     the mean over sites of each site's own test balanced accuracy."""
     row: dict[str, Any] = {"arm": run.arm.name, "command": run.arm.command, "seed": run.seed, "status": "not run"}
-    if run_state(run_dir, run.config(), run.arm.command) != "finished":  # a run of another config does not count
+    try:
+        saved = RunDir.open(run_dir)
+    except RunFileError:
         return row
-    summary = RunDir.open(run_dir).summary or {}
+    if state_of(saved, run.config(), run.arm.command) != "finished":  # a run of another config does not count
+        return row
+    summary = saved.summary or {}
     if run.arm.command == "train":
         pooled, sites = summary.get("test") or {}, {}
     else:
