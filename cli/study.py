@@ -213,7 +213,7 @@ def read_run(run: Run, run_dir: Path) -> dict[str, Any]:
         return row
     summary = saved.summary or {}
     if run.arm.command == "train":
-        pooled, sites = summary.get("test") or {}, {}
+        pooled, sites = summary.get("test") or {}, summary.get("site_tests") or {}  # site_tests: pooled_sites
     else:
         final = summary.get("final") or {}
         pooled = final.get("pooled") or {}

@@ -38,15 +38,27 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     started = time.time()
+    pooled = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # the same notes are printed and saved below
-        splits = load_splits(cfg.data, cfg.seed, progress=out.shows_progress)
+        if cfg.train.pooled_sites:
+            from simulations.sites import pool_sites
+            pooled = pool_sites(cfg, run_dir.path)
+            splits = pooled.splits
+        else:
+            splits = load_splits(cfg.data, cfg.seed, progress=out.shows_progress)
     out.emit("data", f"data: {cfg.data.dataset}, {splits.sizes()} images of {cfg.data.image_size} px, "
              f"{splits.train.num_classes} classes", result=True, dataset=cfg.data.dataset, sizes=splits.sizes(),
              num_classes=splits.train.num_classes)
     for note in splits.notes:
         out.emit("note", f"note: {note}", result=True, text=note)
-    labelled, record = labelled_part(splits.train, cfg.train.label_fraction, cfg.seed)
+    if pooled is not None:
+        out.emit("sites", f"sites: the union of {cfg.federation.sites} simulated sites' splits "
+                 f"(partition.method={cfg.partition.method}, data.site_shift={cfg.data.site_shift:g}), as "
+                 "fgssl simulate builds them", result=True, sites=cfg.federation.sites)
+        labelled, record = pooled.labelled, pooled.labelled_record
+    else:
+        labelled, record = labelled_part(splits.train, cfg.train.label_fraction, cfg.seed)
     (run_dir.path / "labelled.json").write_text(json.dumps(record))
     if len(labelled) < len(splits.train):
         out.emit("labels", f"labels: fine-tuning on {len(labelled)} of {len(splits.train)} training images "
@@ -86,11 +98,13 @@ def run(args: argparse.Namespace) -> int:
         if selection.best_step != cfg.train.finetune_epochs:  # an earlier epoch won: its weights, its test
             model.load_state_dict(selection.best_state)
             test = evaluate(model, splits.test, device=device)
+    site_tests = {str(s): evaluate(model, t, device=device) for s, t in enumerate(pooled.site_tests)} if pooled else {}
     summary = {"command": "train", "seed": cfg.seed, "elapsed_s": round(time.time() - started, 1),
                "splits": splits.sizes(), "class_names": list(splits.train.class_names),
                "chance_balanced_accuracy": 1.0 / splits.train.num_classes, "data_notes": splits.notes,
                "skipped_images": splits.skipped, "selected": selection.summary("epoch"), "val": val, "test": test,
-               "test_last": test_last, "below_majority": below_majority(test)}
+               "test_last": test_last, "below_majority": below_majority(test),
+               **({"site_tests": site_tests} if pooled else {})}
     run_dir.log({"phase": "final", "split": "test", **test})
     run_dir.write_metrics_csv()
     run_dir.write_summary(summary)
@@ -102,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     out.emit("selected", f"model: {selection.describe('epoch')}", result=True)
     rows = [{"split": "test", **test}] + ([{"split": "test (last epoch)", **test_last}]
                                           if selection.best_step != cfg.train.finetune_epochs else [])
+    rows += [{"split": f"site {s} test", **m} for s, m in site_tests.items()]
     print(format_table(rows, ["split", "num_examples", "accuracy", "majority_rate", "balanced_accuracy", "macro_f1",
                               "macro_auc"]))
     if below_majority(test):

@@ -76,10 +76,15 @@ def save_local_groups(state_dir: Path, rnd: int, model: FGSSLNet, patterns: tupl
         (state_dir / f"local_r{old}.safetensors").unlink(missing_ok=True)
 
 
+def site_labelled(cfg: Config, train: ImageSet, site: int) -> tuple[ImageSet, dict]:
+    """The site's labelled training images (train.label_fraction, stratified, fixed per run seed and site) and
+    their record (positions in its training split)."""
+    return labelled_part(train, cfg.train.label_fraction, site_seed(cfg.seed, site, 0))
+
+
 def labelled_train(cfg: Config, train: ImageSet, site: int, state_dir: Path) -> ImageSet:
-    """The site's labelled training images (train.label_fraction, stratified, fixed per run seed and site),
-    recorded once in the site's state directory (labelled.json: positions in its training split)."""
-    part, record = labelled_part(train, cfg.train.label_fraction, site_seed(cfg.seed, site, 0))
+    """`site_labelled`, recorded once in the site's state directory (labelled.json)."""
+    part, record = site_labelled(cfg, train, site)
     path = state_dir / "labelled.json"
     if not path.is_file():
         path.write_text(json.dumps({"site": site, **record}))

@@ -190,6 +190,11 @@ class TrainConfig:
     # Scarce labels: fine-tuning keeps this stratified, seeded fraction of each site's training labels (every class
     # keeps at least one); the SSL phase still uses every training image. The run records which were kept.
     label_fraction: float = 1.0
+    # `fgssl train` only: train on the union of the simulated sites' splits (federation.sites, partition.*,
+    # data.site_shift: the very images, labels and camera shifts `fgssl simulate` gives its sites), so a centralized
+    # run is the federation's pooled baseline; it also reports each site's own test split. false: one split of the
+    # whole data set, without site shift.
+    pooled_sites: bool = False
     # Which weights become model.safetensors: the best epoch (train) or round (simulate) by this validation
     # metric, or 'last'; the last weights are kept as model_last.safetensors either way. With
     # select_above_majority, a candidate less accurate than "always the majority class" only wins if all are.

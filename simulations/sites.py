@@ -94,8 +94,7 @@ class SimulatedSites:
 
     def pooled_test(self) -> ImageSet:
         """The union of every site's test split, each with its own acquisition shift."""
-        tests = [self.splits(s).test for s in range(len(self.parts))]
-        return ImageSet(torch.cat([t.images for t in tests]), torch.cat([t.labels for t in tests]), tests[0].class_names)
+        return ImageSet.concat([self.splits(s).test for s in range(len(self.parts))])
 
     def class_names(self) -> list[str]:
         if self.cache is not None:
@@ -138,3 +137,33 @@ def build_sites(cfg: Config, run_dir: Path, save: bool = True) -> SimulatedSites
             warnings.warn(note, DataWarning, stacklevel=2)
     return SimulatedSites(cfg, parts, run_dir / "sites", cache=cache, names=tuple(manifest["class_names"]),
                           fingerprint=_fingerprint(cache))
+
+
+@dataclass
+class PooledSites:
+    """Every site's data in one place: the centralized baseline of a federation (`train.pooled_sites`)."""
+
+    splits: Splits  # the union of the sites' train, val and test splits
+    labelled: ImageSet  # the union of the sites' labelled training images, drawn per site as the federation does
+    labelled_record: dict  # labelled.json: each site's record
+    site_tests: list[ImageSet]  # each site's own test split
+
+
+def pool_sites(cfg: Config, run_dir: Path) -> PooledSites:
+    """The sites `fgssl simulate` would build from `cfg` (partition.json saved in `run_dir`), pooled."""
+    from client.site import site_labelled
+
+    sites = build_sites(cfg, run_dir)
+    per_site = [sites.splits(s) for s in range(len(sites.parts))]
+    labelled, records = [], []
+    for s, sp in enumerate(per_site):
+        part, record = site_labelled(cfg, sp.train, s)
+        labelled.append(part)
+        records.append({"site": s, **record})
+    notes = list(dict.fromkeys(n for sp in per_site for n in sp.notes))
+    splits = Splits(*(ImageSet.concat([getattr(sp, k) for sp in per_site]) for k in ("train", "val", "test")),
+                    notes=notes)
+    return PooledSites(splits, ImageSet.concat(labelled),
+                       {"label_fraction": cfg.train.label_fraction, "train_images": len(splits.train),
+                        "labelled_images": sum(len(p) for p in labelled), "sites": records},
+                       [sp.test for sp in per_site])

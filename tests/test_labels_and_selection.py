@@ -86,6 +86,44 @@ def test_each_site_keeps_its_own_labelled_fraction_and_records_it(tiny_config, t
     assert a["positions_in_train_split"] != b["positions_in_train_split"]
 
 
+def test_pooled_sites_are_the_federations_own_images_labels_and_labelled_parts(tiny_config, tmp_path):
+    from client.site import site_labelled
+    from simulations.sites import build_sites, pool_sites
+
+    cfg = load_config(tiny_config(train={"label_fraction": 0.5, "pooled_sites": True},
+                                  partition={"method": "dirichlet", "alpha": 0.5}))
+    pooled = pool_sites(cfg, tmp_path)
+    sites = build_sites(cfg, tmp_path, save=False)
+    per_site = [sites.splits(s) for s in range(2)]
+    assert (tmp_path / "partition.json").is_file()
+    for k in ("train", "val", "test"):  # each site's split with its own camera shift, in site order
+        assert torch.equal(getattr(pooled.splits, k).images, torch.cat([getattr(p, k).images for p in per_site]))
+        assert torch.equal(getattr(pooled.splits, k).labels, torch.cat([getattr(p, k).labels for p in per_site]))
+    assert torch.equal(pooled.splits.test.images, sites.pooled_test().images)
+    assert [len(t) for t in pooled.site_tests] == [len(p.test) for p in per_site]
+    for s, p in enumerate(per_site):  # labelled as the federation's site s labels, recorded per site
+        part, record = site_labelled(cfg, p.train, s)
+        assert pooled.labelled_record["sites"][s] == {"site": s, **record}
+    assert len(pooled.labelled) == pooled.labelled_record["labelled_images"] < len(pooled.splits.train)
+    # without the site shift the pooled images differ: the shift is the sites' own
+    plain = pool_sites(load_config(tiny_config(data={"site_shift": 0.0}, train={"pooled_sites": True})), tmp_path)
+    assert not torch.equal(plain.splits.test.images, pool_sites(
+        load_config(tiny_config(train={"pooled_sites": True})), tmp_path).splits.test.images)
+
+
+@pytest.mark.slow
+def test_train_on_pooled_sites_reports_each_sites_own_test_split(tiny_config, tmp_path):
+    cfg = tiny_config(train={"pooled_sites": True, "ssl_epochs": 0, "finetune_epochs": 1})
+    out = tmp_path / "run"
+    proc = run_cli("train", "--config", str(cfg), "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    partition = json.loads((out / "partition.json").read_text())
+    sizes = [summary["site_tests"][str(s)]["num_examples"] for s in range(2)]
+    assert sum(sizes) == summary["test"]["num_examples"] == summary["splits"]["test"]
+    assert sum(site["num_samples"] for site in partition["sites"]) == 240
+    assert "union of 2 simulated sites" in proc.stdout and "site 1 test" in proc.stdout
+
+
 def test_selection_prefers_a_model_above_the_majority_rate():
     sel = Selection("balanced_accuracy", above_majority=True)
     degenerate = {"balanced_accuracy": 0.70, "accuracy": 0.30, "majority_rate": 0.66}

@@ -39,6 +39,13 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @staticmethod
+    def concat(parts: "list[ImageSet]") -> "ImageSet":
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                        parts[0].class_names)
+
     def subset(self, indices: np.ndarray | Tensor) -> "ImageSet":
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         return ImageSet(self.images[idx], self.labels[idx], self.class_names)
