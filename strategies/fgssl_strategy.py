@@ -89,7 +89,7 @@ class FGSSLStrategy:
         elif self.fed.strategy == "trimmed_mean":
             params["trim_fraction"] = self.fed.trim_fraction
         agg = aggregate(good, reference, self.fed.strategy, **params)
-        new_global = self.server_opt.step(global_, agg)
+        new_global = self.server_opt.step(global_, agg, self.statistics)
         return RoundOutcome(new_global, [u.site for u in good], rejected)
 
     def require_enough(self, rnd: int, accepted: int, rejected: dict[str, str]) -> None:
@@ -112,7 +112,7 @@ class FGSSLStrategy:
         for k, v in agg.items():
             if not np.issubdtype(global_[k].dtype, np.floating):
                 agg[k] = np.rint(v)
-        return RoundOutcome(self.server_opt.step(global_, agg), sorted(accepted), dict(rejected))
+        return RoundOutcome(self.server_opt.step(global_, agg, self.statistics), sorted(accepted), dict(rejected))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.server_opt.state_dict().items()}

@@ -40,14 +40,20 @@ class ServerOptimizer:
         self.t = 0
         self.moments: dict[str, NamedArrays] = {name: {} for name in self.moment_names}
 
-    def step(self, global_: NamedArrays, aggregate: NamedArrays) -> NamedArrays:
-        """New global values: ``global_`` with the keys of ``aggregate`` stepped."""
+    def step(self, global_: NamedArrays, aggregate: NamedArrays,
+             statistics: frozenset[str] | set[str] = frozenset()) -> NamedArrays:
+        """New global values: ``global_`` with the keys of ``aggregate`` stepped.
+
+        ``statistics`` (running means and variances, e.g. BatchNorm's) are not parameters and take the aggregate as
+        it is: momentum could drive a variance negative, and Adam's small steps would pin them near their initial
+        values, so the model would normalise with statistics of no site.
+        """
         _check(global_, aggregate)
         self.t += 1
         new = dict(global_)
         for key, agg in aggregate.items():
             old = global_[key]
-            if not is_float(old):
+            if not is_float(old) or key in statistics:
                 new[key] = agg.astype(old.dtype)
                 continue
             x = old.astype(np.float64)
@@ -88,7 +94,8 @@ class ServerOptimizer:
 class FedAvgServer(ServerOptimizer):
     """Plain FedAvg: the new global is the aggregate (server lr 1, no state)."""
 
-    def step(self, global_: NamedArrays, aggregate: NamedArrays) -> NamedArrays:
+    def step(self, global_: NamedArrays, aggregate: NamedArrays,
+             statistics: frozenset[str] | set[str] = frozenset()) -> NamedArrays:
         # Copied, not x + (aggregate - x): that round trip is not always exact.
         _check(global_, aggregate)
         self.t += 1

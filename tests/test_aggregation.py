@@ -257,6 +257,19 @@ def test_fedavgm_two_steps_by_hand():
     np.testing.assert_allclose(x["p"], [2.45])
 
 
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedavg"])
+def test_running_statistics_take_the_aggregate_under_every_server_optimiser(name):
+    opt = make_server_optimizer(name)
+    global_ = {"w": np.array([0.0], np.float32), "bn.running_var": np.array([1.0], np.float32)}
+    for target in (0.2, 0.05, 0.01):  # a variance shrinking fast: momentum would overshoot it below zero
+        agg = {"w": np.array([1.0], np.float32), "bn.running_var": np.array([target], np.float32)}
+        global_ = opt.step(global_, agg, statistics={"bn.running_var"})
+        np.testing.assert_array_equal(global_["bn.running_var"], np.array([target], np.float32))
+    assert "m/bn.running_var" not in opt.state_dict()
+    if name != "fedavg":  # the weights themselves are still stepped by the optimiser
+        assert global_["w"][0] != 1.0
+
+
 def test_fedadam_two_steps_by_hand():
     opt = FedAdam(server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
     x = {"p": np.array([0.0, 0.0], np.float32)}
