@@ -433,6 +433,10 @@ class PrivacyConfig:
     # null = min(1e-5, 1/(10 n)) for a site with n training images; a site refuses rounds with a δ above 1/(10 n).
     delta: float | None = None
     max_grad_norm: float = 1.0
+    # sample mode: a site never sends its true number of training images n (which tells two data sets that differ in
+    # one image apart). It releases once per data set round(n + count_noise·z), z ~ N(0, 1), charged to its ledger as
+    # a Gaussian mechanism of sensitivity 1, and uses that value for q, the step count and the aggregation weight.
+    count_noise: float = 20.0
     # client mode: L2 bound on each site's update (its change of the weights it sends) per round.
     client_clip_norm: float = 10.0
     # σ_s of the SSL cross-correlation statistic (noise std / embedding size).
@@ -455,7 +459,7 @@ class PrivacyConfig:
             _require((self.noise_multiplier is None) != (self.target_epsilon is None), f"{p}.noise_multiplier",
                      "give privacy.noise_multiplier or privacy.target_epsilon, not both")
         for k in ("noise_multiplier", "target_epsilon", "max_epsilon", "max_grad_norm", "statistic_noise_multiplier",
-                  "client_clip_norm"):
+                  "client_clip_norm", "count_noise"):
             v = getattr(self, k)
             _require(v is None or v > 0, f"{p}.{k}", f"must be > 0, got {v}")
         _require(self.delta is None or 0 < self.delta < 1, f"{p}.delta", f"must be in (0, 1), got {self.delta}")

@@ -327,15 +327,18 @@ def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]]) -> dict[s
                          f"Gaussian release per round the site took part in). The server clips each site's update to "
                          f"norm {p.client_clip_norm:g} and adds the noise (Flower's server-side fixed-clipping "
                          f"wrapper), so the server itself sees the individual updates: this protects against everyone "
-                         f"who sees the global models, not against the server. The set of sites that replied and "
-                         f"evaluation metrics are reported without noise.")}
+                         f"who sees the global models, not against the server, which also receives each site's "
+                         f"training loss and exact example count. Published without noise: the set of sites whose "
+                         f"updates were accepted each round, and every site's evaluation metrics.")}
     return {"guarantee": "sample-level", "accountant": p.accountant, "per_site": spent, "max_epsilon_spent": worst,
-            "text": (f"Sample-level (ε, δ)-DP at every site: each site's released updates over all rounds are "
-                     f"(ε, δ)-DP with respect to adding or removing one training image of that site, with ε per site "
-                     f"as listed (at most {worst:.2f}) and δ per site as listed ({p.accountant.upper()} accountant, "
-                     f"composed over every round the site trained in, from its ledger). It does not hide a whole "
-                     f"site's participation, nor what sites report without noise: evaluation metrics, example "
-                     f"counts, and a refusal of the run's δ (which tells that the site's n is below 1/(10 δ)).")}
+            "text": (f"Sample-level (ε, δ)-DP at every site: each site's released updates and its noised example "
+                     f"count (σ = {p.count_noise:g} images) over all rounds are (ε, δ)-DP with respect to adding or "
+                     f"removing one training image of that site, with ε per site as listed (at most {worst:.2f}) "
+                     f"and δ per site as listed ({p.accountant.upper()} accountant, composed over every release "
+                     f"recorded in the site's ledger). The unit is one image: a patient or lesion with k images is "
+                     f"protected at group level k only. It does not hide a whole site's participation, nor what "
+                     f"sites report without noise: the validation and test metrics of the global model at each site "
+                     f"(confusion matrices, losses).")}
 
 
 def _round_line(rnd: int, total: int, phase: str, train: dict, evals: dict, secs: float) -> str:

@@ -18,7 +18,9 @@ def test_dp_run_reports_ledger_epsilon_an_exhausted_site_refuses_and_a_lost_repl
         ledger.commit(ledger.reserve(Mechanism(sample_rate=1.0, noise_multiplier=0.5, steps=50, label="earlier"),
                                      run_id="earlier", round=1, phase="finetune", delta=1e-5))
     cfg = tiny_config(privacy={"mode": "sample", "noise_multiplier": 1.5, "max_epsilon": 50.0},
-                      federation={"sites": 2, "ssl_rounds": 1, "finetune_rounds": 1, "min_nodes": 1},
+                      # no timer re-asks: site 1 refuses at once, and a slow machine must not make site 0 look late
+                      federation={"sites": 2, "ssl_rounds": 1, "finetune_rounds": 1, "min_nodes": 1,
+                                  "reask_after_s": None},
                       # site 0's round-2 reply is lost on its way: asked again, it answers from its cached reply
                       simulation={"faults": [{"site": 0, "round": 2, "kind": "lost_reply"}]})
     proc = run_cli("simulate", "--config", str(cfg), "--out", str(out))
@@ -34,8 +36,10 @@ def test_dp_run_reports_ledger_epsilon_an_exhausted_site_refuses_and_a_lost_repl
     # The reported ε is the ledger's, recomputed independently from its recorded history.
     with PrivacyLedger(out / "sites" / "site_0") as ledger:
         history = ledger.history()
-        # one charge per round, the re-asked round included
-        assert [e.round for e in history] == [1, 2] and all(e.status == "committed" for e in history)
+        # the example count once (SSL and fine-tuning use the same images), then one charge per round, the re-asked
+        # round included
+        assert [(e.phase, e.round) for e in history] == [("count", 1), ("ssl", 1), ("finetune", 2)]
+        assert all(e.status == "committed" for e in history)
         assert site0[1]["epsilon"] == pytest.approx(epsilon([e.mechanism for e in history], site0[1]["delta"]))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["privacy"]["guarantee"] == "sample-level"
@@ -45,7 +49,8 @@ def test_dp_run_reports_ledger_epsilon_an_exhausted_site_refuses_and_a_lost_repl
 
 def test_a_site_refuses_a_coordinator_delta_above_its_limit(tmp_path):
     """δ = 1e-2 on a site of a few hundred images (> 1/(10 n)) hollows out any ε: the site refuses the round before it
-    solves σ, trains or writes its ledger, and says why without revealing n."""
+    solves σ or trains, and says why without revealing n. Its refusal depends on its released count, which it has
+    paid for (the only entry)."""
     import torch
 
     from fgssl.config import load_config
@@ -63,7 +68,47 @@ def test_a_site_refuses_a_coordinator_delta_above_its_limit(tmp_path):
                         progress=(0.0, 1.0))
     assert out.refused and "privacy.delta=0.01 is above this site's limit 1/(10·n)" in out.refused
     assert "400" not in out.refused and out.metrics == {}
-    assert not (tmp_path / "privacy_ledger.sqlite3").exists()  # nothing recorded: nothing was released
+    with PrivacyLedger(tmp_path) as ledger:
+        assert [e.phase for e in ledger.history()] == ["count"]
     ok = load_config(None, [], base=merge(raw, {"privacy": {"delta": 1e-5}}))
     assert private_round(build_model(ok.model, 3), data, "finetune", ok, tmp_path, site=0, run_id="r", rnd=1,
                          epochs=1, max_batches=1, progress=(0.0, 1.0)).refused is None
+
+
+def test_a_dp_reply_tells_nothing_of_n_beyond_the_released_count(tmp_path, monkeypatch):
+    """Two data sets that differ in one image: given the same released count, every value the site sends besides the
+    noised weights is identical, and its true n appears nowhere."""
+    import torch
+
+    from fgssl.config import load_config
+    from fgssl.data.images import ImageSet
+    from fgssl.model import build_model
+    from fgssl.privacy import node
+
+    from .conftest import TINY, merge
+
+    full = ImageSet(torch.randint(0, 256, (400, 3, 32, 32), dtype=torch.uint8), torch.arange(400) % 3, ("a", "b", "c"))
+    sets = {"full": full, "one_less": full.subset(torch.arange(399))}
+    cfg = load_config(None, [], base=merge(TINY, {"privacy": {"mode": "sample", "target_epsilon": 8.0,
+                                                              "count_noise": 20.0}}))
+    released = 437
+    replies = {}
+    for name, data in sets.items():
+        monkeypatch.setattr(node, "_gaussian", lambda n=len(data): (released - n) / 20.0)
+        out = node.private_round(build_model(cfg.model, 3), data, "finetune", cfg, tmp_path / name, site=0,
+                                 run_id="r", rnd=1, epochs=1, max_batches=1, progress=(0.0, 1.0))
+        assert out.refused is None
+        replies[name] = {**out.metrics, "epsilon": out.epsilon, "delta": out.delta}
+    assert replies["full"] == replies["one_less"]
+    assert replies["full"]["num_examples"] == released
+    assert 400 not in replies["full"].values() and 399 not in replies["one_less"].values()
+    assert replies["full"]["dp_sample_rate"] == pytest.approx(cfg.train.batch_size / released)
+    # the count is charged once per data set: a second round on the same images reuses it
+    monkeypatch.setattr(node, "_gaussian", lambda: 5.0)
+    again = node.private_round(build_model(cfg.model, 3), full, "finetune", cfg, tmp_path / "full", site=0,
+                               run_id="r", rnd=2, epochs=1, max_batches=1, progress=(0.0, 1.0))
+    assert again.metrics["num_examples"] == released
+    with PrivacyLedger(tmp_path / "full") as ledger:
+        assert [e.phase for e in ledger.history()] == ["count", "finetune", "finetune"]
+        count = ledger.history()[0]
+        assert (count.sample_rate, count.steps, count.noise_multiplier) == (1.0, 1, 20.0)

@@ -397,3 +397,22 @@ def test_importing_the_ledger_does_not_import_torch():
     code = ("import sys; import fgssl.privacy; "
             "assert 'torch' not in sys.modules and 'opacus' not in sys.modules and 'flwr' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a_released_count_is_drawn_once_per_data_set_and_charged_once(tmp_path):
+    draws = iter([0.26, -3.0, 0.0])
+    with PrivacyLedger(tmp_path) as ledger:
+        first = ledger.released_count("images:a", 400, 20.0, lambda: next(draws), run_id="r", round=1, delta=1e-5)
+        assert first == round(400 + 20.0 * 0.26) == 405
+        assert ledger.released_count("images:a", 400, 20.0, lambda: 99.0, run_id="r2", round=7, delta=1e-5) == 405
+        assert ledger.released_count("images:b", 10, 20.0, lambda: next(draws), run_id="r", round=1, delta=1e-5) == 1
+        history = ledger.history()
+        assert [(e.phase, e.run_id, e.steps, e.sample_rate, e.noise_multiplier) for e in history] == [
+            ("count", "r", 1, 1.0, 20.0), ("count", "r", 1, 1.0, 20.0)]
+        expected = epsilon([Mechanism(sample_rate=1.0, noise_multiplier=20.0, steps=1)] * 2, 1e-5)
+        assert ledger.spent(1e-5) == pytest.approx(expected)
+        # a budget the count would exceed is refused before anything is drawn or written
+        with pytest.raises(BudgetExceededError):
+            ledger.released_count("images:c", 400, 0.05, lambda: next(draws), run_id="r", round=1, delta=1e-5,
+                                  max_epsilon=1.0)
+        assert len(ledger.history()) == 2 and next(draws) == 0.0

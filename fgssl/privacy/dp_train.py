@@ -431,7 +431,8 @@ def poisson_indices(n: int, q: float, generator: torch.Generator) -> Tensor:
 def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp: DPSettings, *, epochs: int = 1,
                    max_batches: int | None = None, progress: tuple[float, float] = (0.0, 1.0),
                    generator: torch.Generator | None = None, device: torch.device | None = None,
-                   on_batch: BatchCallback | None = None, observer: Observer | None = None) -> DPLocalResult:
+                   on_batch: BatchCallback | None = None, observer: Observer | None = None,
+                   public_count: int | None = None) -> DPLocalResult:
     """DP version of fgssl.train.train_local: `epochs`·⌊1/q⌋ progressive batches (or `max_batches`), each four
     DP steps (branches 1..3 on their jigsaw granularity, then concat with weight loss.concat_weight).
 
@@ -447,8 +448,11 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
     device = device or next(model.parameters()).device
     gen = generator if generator is not None else private_generator(device)
     n = len(data)
-    q, total = dp_plan(n, cfg, dp, epochs=epochs, max_batches=max_batches)
-    b_exp = q * n
+    # The plan and the gradient's scale 1/b_exp use the released count, never the private n (public_count=None: n,
+    # for callers that account n as public themselves).
+    counted = n if public_count is None else public_count
+    q, total = dp_plan(counted, cfg, dp, epochs=epochs, max_batches=max_batches)
+    b_exp = q * counted
     if total < 1:
         raise ValueError(f"nothing to train: epochs={epochs}, max_batches={max_batches}")
     optimizer = make_optimizer(model, cfg, phase)
@@ -506,7 +510,7 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
     result = {k: float(v) for k, v in zip(LOSS_NAMES, means)}
     result["loss"] = float(means.sum())
     mech = dp.mechanism(phase, q, done)
-    return DPLocalResult(phase, done, done * STEPS_PER_BATCH, n, result, mechanism=mech, sample_rate=q,
+    return DPLocalResult(phase, done, done * STEPS_PER_BATCH, counted, result, mechanism=mech, sample_rate=q,
                          expected_batch_size=b_exp, empty_batches=empty, losses_are_private=phase == "ssl",
                          details={"class_balance": "not applied under DP (Poisson sampling)",
                                   "batch_reuse": dp.batch_reuse, "grad_sample_mode": dp.grad_sample_mode,

@@ -18,12 +18,13 @@ that one transaction. This module imports no torch/opacus until ε is computed.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .accounting import (
     Accountant,
@@ -56,6 +57,17 @@ CREATE TABLE IF NOT EXISTS entries (
     status           TEXT    NOT NULL CHECK (status IN ('reserved', 'committed')),
     created_at       TEXT    NOT NULL,
     committed_at     TEXT
+)
+"""
+# Released example counts (privacy.count_noise): each is drawn once per data set and kept, so every later round and
+# run reuses the same noisy value (post-processing) instead of paying for a new draw. `entry_id` is its charge.
+_COUNTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counts (
+    key        TEXT    PRIMARY KEY,
+    value      INTEGER NOT NULL CHECK (value >= 1),
+    noise      REAL    NOT NULL CHECK (noise > 0),
+    entry_id   INTEGER NOT NULL REFERENCES entries(id),
+    created_at TEXT    NOT NULL
 )
 """
 _COLUMNS = ("id", "run_id", "round", "phase", "kind", "steps", "sample_rate", "noise_multiplier", "delta", "label",
@@ -186,6 +198,7 @@ class PrivacyLedger:
             c.execute("BEGIN IMMEDIATE")
             try:
                 c.execute(_SCHEMA)
+                c.execute(_COUNTS_SCHEMA)
                 if c.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
                     c.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 version = c.execute("PRAGMA user_version").fetchone()[0]
@@ -307,6 +320,52 @@ class PrivacyLedger:
             except sqlite3.Error as e:
                 raise self._error(e, "reserving an entry") from e
         return entry_id
+
+    def released_count(self, key: str, true_count: int, noise: float, draw: Callable[[], float], *, run_id: str,
+                       round: int, delta: float, max_epsilon: float | None = None, accountant: Accountant = "rdp",
+                       site: str = "?") -> int:
+        """The public stand-in for a private example count: max(1, round(n + noise·z)) with z = `draw()` ~ N(0, 1),
+        released once per `key` (a data set's fingerprint) and charged as a Gaussian mechanism of sensitivity 1
+        (adding or removing one image changes n by 1). Later calls with the same key return the stored value at no
+        cost. The charge and the value are written in one transaction, before the value is returned; with
+        `max_epsilon`, `BudgetExceededError` is raised instead when the charge would exceed it.
+        """
+        if not isinstance(key, str) or not key:
+            raise PrivacyParameterError("key", f"must be a non-empty string, got {key!r}")
+        check_count(true_count, "true_count")
+        mechanism = Mechanism(sample_rate=1.0, noise_multiplier=noise, steps=1, label="example count")
+        delta = check_delta(delta)
+        with self._lock:
+            c = self._conn
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    row = c.execute("SELECT value FROM counts WHERE key = ?", (key,)).fetchone()
+                    if row is not None:
+                        c.execute("ROLLBACK")
+                        return int(row[0])
+                    if max_epsilon is not None:
+                        history = [e.mechanism for e in self._rows()]
+                        before, after = self._before_after(history, mechanism, max_epsilon, delta, accountant)
+                        if after > max_epsilon:
+                            raise BudgetExceededError(self.path, refusal_message(site, before, after, max_epsilon,
+                                                                                 delta), before, after)
+                    cur = c.execute(
+                        "INSERT INTO entries (run_id, round, phase, kind, steps, sample_rate, noise_multiplier, "
+                        "delta, label, status, created_at, committed_at) "
+                        "VALUES (?, ?, 'count', ?, 1, 1.0, ?, ?, ?, 'committed', ?, ?)",
+                        (run_id, round, mechanism.kind, noise, delta, mechanism.label, _now(), _now()))
+                    value = max(1, math.floor(true_count + noise * draw() + 0.5))
+                    c.execute("INSERT INTO counts (key, value, noise, entry_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                              (key, value, noise, int(cur.lastrowid), _now()))
+                    c.execute("COMMIT")
+                except BaseException:
+                    if c.in_transaction:
+                        c.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise self._error(e, "releasing an example count") from e
+        return value
 
     def commit(self, entry_id: int, *, steps: int | None = None) -> None:
         """Mark a reserved entry 'committed' (its update has left the node). Idempotent.

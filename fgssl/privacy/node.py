@@ -1,4 +1,5 @@
-"""One node's private round: plan the mechanism, check and record it in the ledger, then train with DP-SGD.
+"""One node's private round: release its example count (once per data set), plan the mechanism, check and record it
+in the ledger, then train with DP-SGD.
 
 The order matters for honesty: the ledger entry is durable before any private computation starts, so a crash
 mid-training still counts, and the budget is checked against the whole recorded history plus this round.
@@ -6,6 +7,9 @@ mid-training still counts, and the budget is checked against the whole recorded 
 
 from __future__ import annotations
 
+import hashlib
+import math
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +32,7 @@ class PrivateRound:
 
 
 def delta_refusal(cfg: Config, num_examples: int) -> str | None:
-    """Why this site refuses the run's δ, or None. δ ≥ 1/n allows releasing one image in the clear, and a larger δ
+    """Why this site refuses the run's δ (for its released count `num_examples`), or None. δ ≥ 1/n allows releasing one image in the clear, and a larger δ
     makes any ε look smaller: a site accepts at most 1/(10 n) for its own n, whatever the coordinator asks."""
     asked = cfg.privacy.delta
     if asked is not None and asked > 1.0 / (10.0 * num_examples):
@@ -42,11 +46,33 @@ def node_delta(cfg: Config, num_examples: int) -> float:
     return cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(num_examples)
 
 
+def count_release(cfg: Config) -> Mechanism:
+    """What releasing one data set's example count costs (`PrivacyLedger.released_count`)."""
+    return Mechanism(sample_rate=1.0, noise_multiplier=cfg.privacy.count_noise, steps=1, label="example count")
+
+
 def planned_history(cfg: Config, num_examples: int, sigma: float) -> list[Mechanism]:
-    """Every round this node is planned to train in, as the mechanisms it will record."""
+    """Every release this node is planned to make: the example count of each data set it trains on (the training
+    split; the labelled part too when train.label_fraction < 1) and every round, as the mechanisms it will record."""
     fed, dp = cfg.federation, DPSettings.of(cfg.privacy, sigma)
-    return [plan_mechanism(num_examples, fed.phase_of(r), cfg, dp, epochs=fed.epochs_of(fed.phase_of(r)),
-                           max_batches=fed.max_local_batches) for r in range(1, fed.total_rounds + 1)]
+    rounds = [plan_mechanism(num_examples, fed.phase_of(r), cfg, dp, epochs=fed.epochs_of(fed.phase_of(r)),
+                             max_batches=fed.max_local_batches) for r in range(1, fed.total_rounds + 1)]
+    data_sets = 1 if cfg.train.label_fraction >= 1 or not fed.ssl_rounds or not fed.finetune_rounds else 2
+    return [count_release(cfg)] * data_sets + rounds
+
+
+def data_fingerprint(data: ImageSet) -> str:
+    """Which data set a released count belongs to: a hash of its labels and pixels (a changed set gets a new one)."""
+    h = hashlib.sha256()
+    h.update(data.labels.numpy().astype("<i8").tobytes())
+    h.update(data.images.contiguous().numpy().tobytes())
+    return f"images:{h.hexdigest()}"
+
+
+def _gaussian() -> float:
+    """One N(0, 1) draw from OS entropy: the count's noise must not follow from the run's public seed."""
+    u1, u2 = (secrets.randbits(53) + 1) / 2**53, secrets.randbits(53) / 2**53
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
 @lru_cache(maxsize=64)
@@ -78,23 +104,31 @@ def noise_multiplier(cfg: Config, num_examples: int) -> float:
 def private_round(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, state_dir: Path, *, site: int,
                   run_id: str, rnd: int, epochs: int, max_batches: int | None,
                   progress: tuple[float, float]) -> PrivateRound:
-    n = len(data)
-    refusal = delta_refusal(cfg, n)
-    if refusal is not None:  # before anything is solved, trained or recorded
-        return PrivateRound(refusal, float("nan"), float("nan"), {})
-    delta = node_delta(cfg, n)
-    dp = DPSettings.of(cfg.privacy, noise_multiplier(cfg, n))
-    mechanism = plan_mechanism(n, phase, cfg, dp, epochs=epochs, max_batches=max_batches)
+    p = cfg.privacy
     with PrivacyLedger(state_dir) as ledger:
+        # Everything below sees n only through this released count, so nothing the site sends (q, steps, the
+        # aggregation weight, a refusal) tells its true n.
+        count_delta = p.delta or 1e-5  # the site's own δ needs its count; its budget is checked at this one
+        try:
+            n = ledger.released_count(data_fingerprint(data), len(data), p.count_noise, _gaussian, run_id=run_id,
+                                      round=rnd, delta=count_delta, max_epsilon=p.budget, accountant=p.accountant,
+                                      site=str(site))
+        except BudgetExceededError as e:
+            return PrivateRound(e.reason, e.before, count_delta, {})
+        refusal = delta_refusal(cfg, n)
+        if refusal is not None:  # before anything is solved, trained or recorded
+            return PrivateRound(refusal, float("nan"), float("nan"), {})
+        delta = node_delta(cfg, n)
+        dp = DPSettings.of(p, noise_multiplier(cfg, n))
+        mechanism = plan_mechanism(n, phase, cfg, dp, epochs=epochs, max_batches=max_batches)
         try:
             entry = ledger.reserve(mechanism, run_id=run_id, round=rnd, phase=phase, delta=delta,
-                                   max_epsilon=cfg.privacy.budget, accountant=cfg.privacy.accountant,
-                                   site=str(site))
+                                   max_epsilon=p.budget, accountant=p.accountant, site=str(site))
         except BudgetExceededError as e:
             return PrivateRound(e.reason, e.before, delta, {})
         # generator=None: batch membership and noise come from OS entropy, never from the public seed.
         result = dp_train_local(model, data, phase, cfg, dp, epochs=epochs, max_batches=max_batches,
-                                progress=progress, generator=None)
+                                progress=progress, generator=None, public_count=n)
         ledger.commit(entry, steps=result.mechanism.steps)
         spent = ledger.spent(delta, cfg.privacy.accountant)
     return PrivateRound(None, spent, delta, result.metrics())
