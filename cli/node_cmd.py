@@ -55,6 +55,9 @@ def add_shared_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-epsilon", type=float, metavar="EPS",
                    help="the most ε of sample-level DP this hospital ever spends; it refuses rounds beyond it and "
                         "does not train in runs without privacy.mode=sample")
+    p.add_argument("--delta", type=float, metavar="D",
+                   help="the δ this hospital's ε is computed at; it refuses runs that ask a larger one (default: "
+                        "min(1e-5, 1/(10 n)) for its n training images)")
     p.add_argument("--csv", help="folder data: the CSV of image paths and labels (relative to --root)")
     p.add_argument("--path-column", help="folder data: the CSV column of image paths")
     p.add_argument("--label-column", help="folder data: the CSV column of labels")
@@ -180,8 +183,9 @@ def _supernode(site: Site, args: argparse.Namespace, superlink: str, ca: Path, r
     check_private_file(site.key, "--key: the SuperNode private key")
     site.state.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings = NodeSettings(site=site.site, dataset=args.dataset, state_dir=site.state, root=root,
-                            max_epsilon=args.max_epsilon, csv=args.csv, path_column=args.path_column,
-                            label_column=args.label_column, group_column=args.group_column,
+                            max_epsilon=args.max_epsilon, delta=args.delta, csv=args.csv,
+                            path_column=args.path_column, label_column=args.label_column,
+                            group_column=args.group_column,
                             skip_bad_images=args.skip_bad_images)
     return supernode_command(superlink, ca, site.key, site.port, node_config_arg(settings.to_node_config()),
                              args.max_wait_time or None, secret)

@@ -22,7 +22,7 @@ __all__ = ["LocalSite", "NodeConfigError", "NodeSettings", "is_deployed", "local
 
 
 def local_config(cfg: Config, node: NodeSettings) -> Config:
-    """The federation's config with this node's data location, cache and privacy budget."""
+    """The federation's config with this node's data location, cache, privacy budget and δ."""
     raw = cfg.to_dict()
     data = raw["data"]
     data.update(dataset=node.dataset, root=str(node.root) if node.root else None,
@@ -35,6 +35,7 @@ def local_config(cfg: Config, node: NodeSettings) -> Config:
     else:
         data.update(csv=None, group_column=None, class_names=[])
     privacy = raw["privacy"]
+    privacy["site_delta"] = node.delta  # the hospital's, never the coordinator's
     if node.max_epsilon is not None:
         if privacy["mode"] != "sample":
             # Only sample-level DP is noised here and counted in this node's own ledger; client-level DP is the

@@ -35,6 +35,7 @@ class NodeSettings:
     state_dir: Path
     root: Path | None = None
     max_epsilon: float | None = None
+    delta: float | None = None
     csv: str | None = None
     path_column: str | None = None
     label_column: str | None = None
@@ -52,6 +53,8 @@ class NodeSettings:
             raise NodeConfigError("data-csv", "dataset 'folder' needs the CSV of image paths and labels")
         if self.max_epsilon is not None and not (self.max_epsilon > 0 and math.isfinite(self.max_epsilon)):
             raise NodeConfigError("max-epsilon", f"must be a positive number, got {self.max_epsilon}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise NodeConfigError("delta", f"must be in (0, 1), got {self.delta}")
         for p, key in ((self.state_dir, "state-dir"), (self.root, "data-root")):
             if p is not None and not p.is_absolute():
                 # ClientApp processes do not run in the directory the node was started from.
@@ -95,13 +98,14 @@ class NodeSettings:
             raise NodeConfigError(SITE_KEY, f"expected a whole number, got {values[SITE_KEY]!r}") from None
         root = text("data-root")
         return cls(site=site, dataset=str(text(DATASET_KEY)), state_dir=Path(str(text("state-dir"))),
-                   root=Path(root) if root else None, max_epsilon=number("max-epsilon"), csv=text("data-csv"),
+                   root=Path(root) if root else None, max_epsilon=number("max-epsilon"), delta=number("delta"),
+                   csv=text("data-csv"),
                    path_column=text("data-path-column"), label_column=text("data-label-column"),
                    group_column=text("data-group-column"), skip_bad_images=bool(values.get("skip-bad-images", False)))
 
 
-_KEY_OF = {"root": "data-root", "max_epsilon": "max-epsilon", "csv": "data-csv", "path_column": "data-path-column",
-           "label_column": "data-label-column", "group_column": "data-group-column",
+_KEY_OF = {"root": "data-root", "max_epsilon": "max-epsilon", "delta": "delta", "csv": "data-csv",
+           "path_column": "data-path-column", "label_column": "data-label-column", "group_column": "data-group-column",
            "skip_bad_images": "skip-bad-images"}
 
 

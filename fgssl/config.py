@@ -432,6 +432,9 @@ class PrivacyConfig:
     max_epsilon: float | None = None
     # null = min(1e-5, 1/(10 n)) for a site with n training images; a site refuses rounds with a δ above 1/(10 n).
     delta: float | None = None
+    # The hospital's own δ (`fgssl node --delta`; written by the node over whatever the run says): its ε is always
+    # computed at this δ, and a run whose privacy.delta is larger is refused. null = the rule above.
+    site_delta: float | None = None
     max_grad_norm: float = 1.0
     # sample mode: a site never sends its true number of training images n (which tells two data sets that differ in
     # one image apart). It releases once per data set round(n + count_noise·z), z ~ N(0, 1), charged to its ledger as
@@ -462,7 +465,9 @@ class PrivacyConfig:
                   "client_clip_norm", "count_noise"):
             v = getattr(self, k)
             _require(v is None or v > 0, f"{p}.{k}", f"must be > 0, got {v}")
-        _require(self.delta is None or 0 < self.delta < 1, f"{p}.delta", f"must be in (0, 1), got {self.delta}")
+        for k in ("delta", "site_delta"):
+            v = getattr(self, k)
+            _require(v is None or 0 < v < 1, f"{p}.{k}", f"must be in (0, 1), got {v}")
         _require(self.expected_batch_size is None or self.expected_batch_size >= 1, f"{p}.expected_batch_size",
                  f"must be >= 1, got {self.expected_batch_size}")
 

@@ -75,6 +75,38 @@ def test_a_site_refuses_a_coordinator_delta_above_its_limit(tmp_path):
                          epochs=1, max_batches=1, progress=(0.0, 1.0)).refused is None
 
 
+def test_a_node_computes_its_epsilon_at_its_own_delta_and_refuses_a_larger_one(tmp_path):
+    import torch
+
+    from fgssl.config import load_config
+    from fgssl.data.images import ImageSet
+    from fgssl.model import build_model
+    from fgssl.privacy.node import private_round
+
+    from .conftest import TINY, merge
+
+    data = ImageSet(torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8), torch.arange(300) % 3, ("a", "b", "c"))
+
+    def round_with(privacy: dict, where: str):
+        cfg = load_config(None, [], base=merge(TINY, {"privacy": {"mode": "sample", "noise_multiplier": 1.0,
+                                                                  **privacy}}))
+        return private_round(build_model(cfg.model, 3), data, "finetune", cfg, tmp_path / where, site=0,
+                             run_id="r", rnd=1, epochs=1, max_batches=1, progress=(0.0, 1.0))
+
+    refused = round_with({"delta": 1e-5, "site_delta": 1e-7}, "a")
+    assert refused.refused and "above this node's own δ=1e-07" in refused.refused and refused.metrics == {}
+    own = round_with({"site_delta": 1e-7}, "b")
+    stricter_run = round_with({"site_delta": 1e-7, "delta": 1e-8}, "c")
+    plain = round_with({}, "d")
+    assert own.refused is None and own.delta == stricter_run.delta == 1e-7
+    assert plain.delta == pytest.approx(min(1e-5, 1 / (10 * plain.metrics["num_examples"])))
+    assert own.epsilon > plain.epsilon  # the same mechanism, a smaller δ: a larger ε
+    with PrivacyLedger(tmp_path / "b") as ledger:
+        assert own.epsilon == pytest.approx(ledger.spent(1e-7))
+    careless = round_with({"site_delta": 0.01}, "e")  # a node's own δ above 1/(10 n) protects nobody either
+    assert careless.refused and "this node's --delta=0.01" in careless.refused
+
+
 def test_a_dp_reply_tells_nothing_of_n_beyond_the_released_count(tmp_path, monkeypatch):
     """Two data sets that differ in one image: given the same released count, every value the site sends besides the
     noised weights is identical, and its true n appears nowhere."""

@@ -19,7 +19,7 @@ from .test_official_data import make_aptos, make_isic2018
 def test_node_settings_survive_flowers_node_config_parsing(tmp_path):
     state = tmp_path / "state with spaces"
     node = NodeSettings(site=3, dataset="folder", state_dir=state, root=tmp_path / "data", max_epsilon=2.5,
-                        csv="labels.csv", label_column="dx", skip_bad_images=True)
+                        delta=1e-7, csv="labels.csv", label_column="dx", skip_bad_images=True)
     text = node_config_arg(node.to_node_config())
     assert NodeSettings.from_node_config(parse_config_args([text])) == node
 
@@ -34,8 +34,18 @@ def test_node_config_errors_name_the_key(tmp_path):
     with pytest.raises(NodeConfigError, match="'max-epsilon'"):
         NodeSettings.from_node_config({"partition-id": 0, "dataset": "synthetic", "state-dir": str(tmp_path),
                                        "max-epsilon": "lots"})
+    with pytest.raises(NodeConfigError, match="'delta'"):
+        NodeSettings(site=0, dataset="synthetic", state_dir=tmp_path, delta=0.0)
     with pytest.raises(DeployError, match="quote"):
         node_config_arg({"data-root": "/data/it's here"})
+
+
+def test_the_nodes_own_delta_reaches_its_config_and_the_coordinator_cannot_set_it(tmp_path):
+    run = load_config(None, ["privacy.mode=sample", "privacy.noise_multiplier=1.0", "model.norm=group",
+                             "privacy.site_delta=0.5"])  # a coordinator's attempt to speak for the node
+    own = NodeSettings(site=0, dataset="synthetic", state_dir=tmp_path, delta=1e-7)
+    assert local_config(run, own).privacy.site_delta == 1e-7
+    assert local_config(run, NodeSettings(site=0, dataset="synthetic", state_dir=tmp_path)).privacy.site_delta is None
 
 
 def test_the_stricter_budget_wins_and_no_dp_means_no_training(tmp_path):

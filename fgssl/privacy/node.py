@@ -32,18 +32,27 @@ class PrivateRound:
 
 
 def delta_refusal(cfg: Config, num_examples: int) -> str | None:
-    """Why this site refuses the run's δ (for its released count `num_examples`), or None. δ ≥ 1/n allows releasing one image in the clear, and a larger δ
-    makes any ε look smaller: a site accepts at most 1/(10 n) for its own n, whatever the coordinator asks."""
-    asked = cfg.privacy.delta
-    if asked is not None and asked > 1.0 / (10.0 * num_examples):
-        return (f"privacy.delta={asked:g} is above this site's limit 1/(10·n) for its number n of training images; "
-                f"a δ that large would let the printed ε hide a release of single images (leave privacy.delta "
-                f"unset for each site's own default min(1e-5, 1/(10·n)))")
+    """Why this site refuses the run's δ (for its released count `num_examples`), or None. δ ≥ 1/n allows releasing
+    one image in the clear, and a larger δ makes any ε look smaller: a site accepts at most 1/(10 n) for its own n,
+    and at most its own δ (privacy.site_delta, the node's setting), whatever the coordinator asks."""
+    asked, own = cfg.privacy.delta, cfg.privacy.site_delta
+    if own is not None and asked is not None and asked > own:
+        return (f"privacy.delta={asked:g} is above this node's own δ={own:g} (fgssl node --delta): it computes its "
+                f"ε at its own δ and does not train for a run that asks a weaker guarantee")
+    for name, value in (("privacy.delta", asked), ("this node's --delta", own)):
+        if value is not None and value > 1.0 / (10.0 * num_examples):
+            return (f"{name}={value:g} is above this site's limit 1/(10·n) for its number n of training images; "
+                    f"a δ that large would let the printed ε hide a release of single images (leave it unset for "
+                    f"each site's own default min(1e-5, 1/(10·n)))")
     return None
 
 
 def node_delta(cfg: Config, num_examples: int) -> float:
-    return cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(num_examples)
+    """The δ this site's ε is computed at: its own when the node set one, else the run's, else its default."""
+    p = cfg.privacy
+    if p.site_delta is not None:
+        return p.site_delta
+    return p.delta if p.delta is not None else default_delta(num_examples)
 
 
 def count_release(cfg: Config) -> Mechanism:
@@ -108,7 +117,7 @@ def private_round(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, stat
     with PrivacyLedger(state_dir) as ledger:
         # Everything below sees n only through this released count, so nothing the site sends (q, steps, the
         # aggregation weight, a refusal) tells its true n.
-        count_delta = p.delta or 1e-5  # the site's own δ needs its count; its budget is checked at this one
+        count_delta = p.site_delta or p.delta or 1e-5  # the default δ needs the count; its budget is checked here
         try:
             n = ledger.released_count(data_fingerprint(data), len(data), p.count_noise, _gaussian, run_id=run_id,
                                       round=rnd, delta=count_delta, max_epsilon=p.budget, accountant=p.accountant,
