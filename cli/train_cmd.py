@@ -53,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
     for note in splits.notes:
         out.emit("note", f"note: {note}", result=True, text=note)
     if pooled is not None:
-        out.emit("sites", f"sites: the union of {cfg.federation.sites} simulated sites' splits "
-                 f"(partition.method={cfg.partition.method}, data.site_shift={cfg.data.site_shift:g}), as "
-                 "fgssl simulate builds them", result=True, sites=cfg.federation.sites)
+        which = (f"site {cfg.train.only_site} alone of {cfg.federation.sites} simulated sites (tested on every site)"
+                 if cfg.train.only_site is not None else f"the union of {cfg.federation.sites} simulated sites' splits")
+        out.emit("sites", f"sites: {which} (partition.method={cfg.partition.method}, "
+                 f"data.site_shift={cfg.data.site_shift:g}), as fgssl simulate builds them", result=True,
+                 sites=cfg.federation.sites, only_site=cfg.train.only_site)
         labelled, record = pooled.labelled, pooled.labelled_record
     else:
         labelled, record = labelled_part(splits.train, cfg.train.label_fraction, cfg.seed)

@@ -195,6 +195,9 @@ class TrainConfig:
     # run is the federation's pooled baseline; it also reports each site's own test split. false: one split of the
     # whole data set, without site shift.
     pooled_sites: bool = False
+    # With pooled_sites: train and select on this one site's splits only (the site-alone baseline); every site's test
+    # split is still reported, and `test` is still their union.
+    only_site: int | None = None
     # Which weights become model.safetensors: the best epoch (train) or round (simulate) by this validation
     # metric, or 'last'; the last weights are kept as model_last.safetensors either way. With
     # select_above_majority, a candidate less accurate than "always the majority class" only wins if all are.
@@ -523,6 +526,10 @@ class Config:
             _require(self.model.norm == "group", "model.norm",
                      "must be 'group' under secure aggregation (BatchNorm's counters and running statistics are not "
                      "small bounded changes, so they would be clipped away)")
+        if self.train.only_site is not None:
+            _require(self.train.pooled_sites, "train.only_site", "needs train.pooled_sites: true (it picks one of them)")
+            _require(0 <= self.train.only_site < self.federation.sites, "train.only_site",
+                     f"site {self.train.only_site} does not exist (federation.sites={self.federation.sites})")
         for i, f in enumerate(self.simulation.faults):
             _require(f.site < self.federation.sites, f"simulation.faults[{i}].site",
                      f"site {f.site} does not exist (federation.sites={self.federation.sites})")

@@ -150,19 +150,21 @@ class PooledSites:
 
 
 def pool_sites(cfg: Config, run_dir: Path) -> PooledSites:
-    """The sites `fgssl simulate` would build from `cfg` (partition.json saved in `run_dir`), pooled."""
+    """The sites `fgssl simulate` would build from `cfg` (partition.json saved in `run_dir`), pooled; with
+    train.only_site, training and validation come from that site alone."""
     from client.site import site_labelled
 
     sites = build_sites(cfg, run_dir)
     per_site = [sites.splits(s) for s in range(len(sites.parts))]
+    chosen = range(len(per_site)) if cfg.train.only_site is None else [cfg.train.only_site]
     labelled, records = [], []
-    for s, sp in enumerate(per_site):
-        part, record = site_labelled(cfg, sp.train, s)
+    for s in chosen:
+        part, record = site_labelled(cfg, per_site[s].train, s)
         labelled.append(part)
         records.append({"site": s, **record})
     notes = list(dict.fromkeys(n for sp in per_site for n in sp.notes))
-    splits = Splits(*(ImageSet.concat([getattr(sp, k) for sp in per_site]) for k in ("train", "val", "test")),
-                    notes=notes)
+    train, val = (ImageSet.concat([getattr(per_site[s], k) for s in chosen]) for k in ("train", "val"))
+    splits = Splits(train, val, ImageSet.concat([sp.test for sp in per_site]), notes=notes)
     return PooledSites(splits, ImageSet.concat(labelled),
                        {"label_fraction": cfg.train.label_fraction, "train_images": len(splits.train),
                         "labelled_images": sum(len(p) for p in labelled), "sites": records},

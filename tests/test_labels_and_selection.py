@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from client.site import train_round
-from fgssl.config import load_config
+from fgssl.config import ConfigError, load_config
 from fgssl.data.images import ImageSet, labelled_indices
 from fgssl.selection import Selection
 from server.app import initial_global
@@ -105,6 +105,17 @@ def test_pooled_sites_are_the_federations_own_images_labels_and_labelled_parts(t
         part, record = site_labelled(cfg, p.train, s)
         assert pooled.labelled_record["sites"][s] == {"site": s, **record}
     assert len(pooled.labelled) == pooled.labelled_record["labelled_images"] < len(pooled.splits.train)
+    # the site-alone baseline: site 1's training and validation data, every site's test
+    alone = pool_sites(load_config(tiny_config(train={"label_fraction": 0.5, "pooled_sites": True, "only_site": 1},
+                                               partition={"method": "dirichlet", "alpha": 0.5})), tmp_path)
+    assert torch.equal(alone.splits.train.images, per_site[1].train.images)
+    assert torch.equal(alone.splits.val.labels, per_site[1].val.labels)
+    assert torch.equal(alone.splits.test.images, pooled.splits.test.images) and len(alone.site_tests) == 2
+    assert [r["site"] for r in alone.labelled_record["sites"]] == [1]
+    with pytest.raises(ConfigError, match="train.only_site"):
+        load_config(tiny_config(train={"only_site": 0}))
+    with pytest.raises(ConfigError, match="train.only_site"):
+        load_config(tiny_config(train={"pooled_sites": True, "only_site": 2}))
     # without the site shift the pooled images differ: the shift is the sites' own
     plain = pool_sites(load_config(tiny_config(data={"site_shift": 0.0}, train={"pooled_sites": True})), tmp_path)
     assert not torch.equal(plain.splits.test.images, pool_sites(
