@@ -19,7 +19,7 @@ from fgssl.config import Config
 from fgssl.data.images import ImageSet, labelled_part
 from fgssl.data.sources import Splits
 from fgssl.model import FGSSLNet, build_model
-from fgssl.privacy.node import private_round
+from fgssl.privacy.node import private_round, record_unprotected_round
 from fgssl.rundir import RunDir, load_weights
 from fgssl.train import evaluate, train_local
 from strategies.groups import keys_matching
@@ -137,6 +137,7 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
             return {}, {"refused": private.refused, **privacy}
         info: dict[str, Any] = {**private.metrics, **privacy}
     else:
+        record_unprotected_round(state_dir, cfg, run_id=str(round_cfg.get("run_id", "run")), rnd=rnd, phase=phase)
         gen = torch.Generator().manual_seed(site_seed(int(round_cfg["seed"]), site, rnd))
         result = train_local(model, data, phase, cfg, epochs=epochs, max_batches=max_batches,
                              progress=progress, generator=gen)

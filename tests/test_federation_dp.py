@@ -144,3 +144,34 @@ def test_a_dp_reply_tells_nothing_of_n_beyond_the_released_count(tmp_path, monke
         assert [e.phase for e in ledger.history()] == ["count", "finetune", "finetune"]
         count = ledger.history()[0]
         assert (count.sample_rate, count.steps, count.noise_multiplier) == (1.0, 1, 20.0)
+
+
+def test_training_without_dp_is_remembered_and_a_later_dp_run_refuses(tiny_config, tmp_path):
+    """A node that once trained without sample-level DP has released its data unprotected: its ledger says so (ε = ∞),
+    and a later DP run on the same state directory refuses instead of printing a finite lifetime ε."""
+    import numpy as np
+
+    from client.site import train_round
+    from fgssl.config import load_config
+    from server.app import initial_global
+    from simulations.sites import SimulatedSites
+    from strategies.fgssl_strategy import FGSSLStrategy
+
+    def one_round(privacy: dict) -> dict:
+        cfg = load_config(tiny_config(privacy=privacy, federation={"sites": 1, "ssl_rounds": 0}))
+        sites = SimulatedSites(cfg, [np.arange(240)], tmp_path / "state")
+        global_ = initial_global(cfg, cfg.data.num_classes)
+        strategy = FGSSLStrategy(cfg.federation, list(global_))
+        rc = {**strategy.round_config(1, cfg.seed), "run_id": "r1"}
+        keys = strategy.keys_to_send(rc["phase"])
+        return train_round(cfg, sites, 0, {k: global_[k] for k in keys}, rc)[1]
+
+    assert "refused" not in one_round({"mode": "none"})
+    with PrivacyLedger(tmp_path / "state" / "site_0") as ledger:
+        [entry] = ledger.unprotected()
+        assert entry.run_id == "r1" and "privacy.mode=none" in entry.label
+        assert ledger.spent(1e-5) == float("inf")
+    info = one_round({"mode": "sample", "noise_multiplier": 1.0})
+    assert "training without sample-level DP" in info["refused"] and "epsilon" not in info
+    with PrivacyLedger(tmp_path / "state" / "site_0") as ledger:
+        assert [e.kind for e in ledger.history()] == ["unprotected"]  # nothing released, nothing charged

@@ -416,3 +416,10 @@ def test_a_released_count_is_drawn_once_per_data_set_and_charged_once(tmp_path):
             ledger.released_count("images:c", 400, 0.05, lambda: next(draws), run_id="r", round=1, delta=1e-5,
                                   max_epsilon=1.0)
         assert len(ledger.history()) == 2 and next(draws) == 0.0
+
+
+def test_an_unprotected_release_makes_every_epsilon_infinite():
+    dp = Mechanism(sample_rate=0.1, noise_multiplier=1.0, steps=10)
+    assert math.isfinite(epsilon([dp], 1e-5))
+    for accountant in ("rdp", "prv"):
+        assert epsilon([dp, Mechanism.unprotected("trained with privacy.mode=none")], 1e-5, accountant) == math.inf

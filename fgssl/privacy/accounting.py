@@ -18,7 +18,9 @@ from typing import Literal, Sequence
 
 Accountant = Literal["rdp", "prv"]
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
-MECHANISM_KINDS: tuple[str, ...] = ("subsampled_gaussian",)
+# "unprotected": the data left the node without a DP guarantee (a round trained with privacy.mode none or client);
+# any history holding one has ε = ∞, and its q, σ and steps are placeholders.
+MECHANISM_KINDS: tuple[str, ...] = ("subsampled_gaussian", "unprotected")
 
 # RDP orders: Opacus' RDPAccountant.DEFAULT_ALPHAS (1.1 ... 10.9, 12 ... 63) extended to larger orders. Any set of
 # orders gives a valid bound (ε is the minimum over them), so a superset can only tighten the figure; the larger
@@ -113,6 +115,11 @@ class Mechanism:
     steps: int
     label: str = ""
     kind: str = "subsampled_gaussian"
+
+    @classmethod
+    def unprotected(cls, label: str) -> "Mechanism":
+        """A release without any DP guarantee: every ε of a history holding it is ∞."""
+        return cls(sample_rate=1.0, noise_multiplier=1.0, steps=1, label=label, kind="unprotected")
 
     def __post_init__(self) -> None:
         if self.kind not in MECHANISM_KINDS:
@@ -229,6 +236,8 @@ def epsilon(history: Sequence[Mechanism], delta: float, accountant: Accountant =
     """
     delta = check_delta(delta)
     accountant = check_accountant(accountant)
+    if any(m.kind == "unprotected" for m in history):
+        return math.inf
     entries = _grouped(history)
     if not entries:
         return 0.0

@@ -243,6 +243,10 @@ class PrivacyLedger:
             except sqlite3.Error as e:
                 raise self._error(e, "reading the history") from e
 
+    def unprotected(self) -> list[LedgerEntry]:
+        """Entries of data that left the node without a DP guarantee (ε = ∞ from then on)."""
+        return [e for e in self.history() if e.kind == "unprotected"]
+
     def mechanisms(self) -> list[Mechanism]:
         """The history as mechanisms (reserved entries included): what ε is computed from."""
         return [e.mechanism for e in self.history()]

@@ -55,6 +55,15 @@ def node_delta(cfg: Config, num_examples: int) -> float:
     return p.delta if p.delta is not None else default_delta(num_examples)
 
 
+def record_unprotected_round(state_dir: Path, cfg: Config, *, run_id: str, rnd: int, phase: str) -> None:
+    """A round trained without sample-level DP: its data left the node unprotected, which the ledger must remember
+    (a later DP run on the same state directory must not print a finite lifetime ε)."""
+    mechanism = Mechanism.unprotected(f"{phase} round trained with privacy.mode={cfg.privacy.mode}")
+    with PrivacyLedger(state_dir) as ledger:
+        ledger.commit(ledger.reserve(mechanism, run_id=run_id, round=rnd, phase=phase,
+                                     delta=cfg.privacy.delta or 1e-5))
+
+
 def count_release(cfg: Config) -> Mechanism:
     """What releasing one data set's example count costs (`PrivacyLedger.released_count`)."""
     return Mechanism(sample_rate=1.0, noise_multiplier=cfg.privacy.count_noise, steps=1, label="example count")
@@ -115,6 +124,12 @@ def private_round(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, stat
                   progress: tuple[float, float]) -> PrivateRound:
     p = cfg.privacy
     with PrivacyLedger(state_dir) as ledger:
+        if spent_in_clear := ledger.unprotected():
+            first = spent_in_clear[0]
+            return PrivateRound(f"site {site}: its ledger records training without sample-level DP on its data (run "
+                                f"{first.run_id}, round {first.round}: {first.label}), so no finite ε can be claimed "
+                                f"for it any more; it does not train in DP runs on this state directory",
+                                float("nan"), float("nan"), {})
         # Everything below sees n only through this released count, so nothing the site sends (q, steps, the
         # aggregation weight, a refusal) tells its true n.
         count_delta = p.site_delta or p.delta or 1e-5  # the default δ needs the count; its budget is checked here
