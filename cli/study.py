@@ -140,11 +140,14 @@ class Run:
             raise ConfigError(e.key, f"arm '{self.arm.name}': {e.message}") from None
 
 
-def plan(exp: Experiment, quick: bool = False, seeds: list[int] | None = None) -> list[Run]:
-    """Every run of the experiment, each config resolved (so a bad arm fails before anything runs)."""
+def plan(exp: Experiment, quick: bool = False, seeds: list[int] | None = None,
+         overrides: tuple[str, ...] = ()) -> list[Run]:
+    """Every run of the experiment, each config resolved (so a bad arm fails before anything runs). `overrides`
+    apply to every arm, after its own and the quick ones (e.g. the paper's scale)."""
     chosen = seeds if seeds is not None else exp.seeds[:1] if quick else exp.seeds
     # Seed-major: a study stopped half way has every arm at its first seeds, not some arms at all seeds.
-    runs = [Run(arm, s, (*arm.overrides, *(exp.quick if quick else ()))) for s in chosen for arm in exp.arms]
+    runs = [Run(arm, s, (*arm.overrides, *(exp.quick if quick else ()), *overrides))
+            for s in chosen for arm in exp.arms]
     for r in runs:
         r.config()
     return runs

@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arms", nargs="+", metavar="ARM", help="only these arms (default: all); the table keeps the rest")
     p.add_argument("--quick", action="store_true",
                    help="one seed and the file's 'quick' overrides: checks that every arm runs (minutes)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every arm (repeatable), e.g. the paper's scale; use its own --out")
     p.add_argument("--plan", action="store_true", help="list the runs and their state; run nothing")
     p.add_argument("--quiet", action="store_true", help="only the results")
 
@@ -30,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"fgssl study: {exp.name} has no arm {', '.join(unknown)} "
                         f"(its arms: {', '.join(a.name for a in exp.arms)})")
-    every = plan(exp, quick=args.quick)  # every arm's config validated before any run
-    runs = [r for r in plan(exp, quick=args.quick, seeds=args.seeds) if not args.arms or r.arm.name in args.arms]
+    overrides = tuple(args.overrides)
+    every = plan(exp, quick=args.quick, overrides=overrides)  # every arm's config validated before any run
+    runs = [r for r in plan(exp, quick=args.quick, seeds=args.seeds, overrides=overrides)
+            if not args.arms or r.arm.name in args.arms]
     out = Path(args.out or f"runs/study-{exp.name}{'-quick' if args.quick else ''}").resolve()
     if args.plan:
         for r in runs:

@@ -87,3 +87,12 @@ def test_shipped_experiments_plan_and_their_quick_variant_runs(path, tmp_path):
     assert list(rows) == [a.name for a in exp.arms], proc.stdout
     assert all(",finished," in rows[a] for a in first.values()), proc.stdout
     assert all(",not run," in r for a, r in rows.items() if a not in first.values()), proc.stdout
+
+
+def test_overrides_for_every_arm_come_last_and_are_validated(tmp_path):
+    arms = {"a": {"command": "train", "set": ["model.width=16"]}, "b": {"command": "simulate"}}
+    exp = read_experiment(tmp_path / _experiment(tmp_path, arms))
+    runs = plan(exp, overrides=("model.width=8", "data.image_size=48"))
+    assert [(r.config().model.width, r.config().data.image_size) for r in runs] == [(8, 48)] * 4
+    with pytest.raises(ConfigError, match="arm 'a'.*model.backbone|model.backbone.*arm 'a'"):
+        plan(exp, overrides=("model.backbone=resnet99",))
