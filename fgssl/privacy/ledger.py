@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .accounting import (
     Accountant,
@@ -279,6 +280,34 @@ class PrivacyLedger:
 
     # -- writing ---------------------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE), committed when the block ends normally, else rolled back."""
+        with self._lock:
+            c = self._conn
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    yield c
+                    c.execute("COMMIT")
+                except BaseException:
+                    if c.in_transaction:
+                        c.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise self._error(e, doing) from e
+
+    def _check_budget(self, mechanism: Mechanism, max_epsilon: float | None, delta: float, accountant: Accountant,
+                      site: str) -> None:
+        """Inside a write transaction: BudgetExceededError when `mechanism` would take the history past the budget."""
+        if max_epsilon is None:
+            return
+        history = [e.mechanism for e in self._rows()]
+        before, after = self._before_after(history, mechanism, max_epsilon, delta, accountant)
+        if after > max_epsilon:
+            raise BudgetExceededError(self.path, refusal_message(site, before, after, max_epsilon, delta), before,
+                                      after)
+
     def reserve(self, mechanism: Mechanism, *, run_id: str, round: int, phase: str, delta: float,
                 max_epsilon: float | None = None, accountant: Accountant = "rdp", site: str = "?") -> int:
         """Record `mechanism` as (possibly) spent, BEFORE its private computation starts; returns the entry id.
@@ -299,30 +328,14 @@ class PrivacyLedger:
         check_accountant(accountant)
         if max_epsilon is not None:
             check_epsilon(max_epsilon)
-        with self._lock:
-            c = self._conn
-            try:
-                c.execute("BEGIN IMMEDIATE")
-                try:
-                    if max_epsilon is not None:
-                        history = [e.mechanism for e in self._rows()]
-                        before, after = self._before_after(history, mechanism, max_epsilon, delta, accountant)
-                        if after > max_epsilon:
-                            raise BudgetExceededError(self.path, refusal_message(site, before, after, max_epsilon,
-                                                                                 delta), before, after)
-                    cur = c.execute(
-                        "INSERT INTO entries (run_id, round, phase, kind, steps, sample_rate, noise_multiplier, "
-                        "delta, label, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
-                        (run_id, round, phase, mechanism.kind, mechanism.steps, mechanism.sample_rate,
-                         mechanism.noise_multiplier, delta, mechanism.label, _now()))
-                    entry_id = int(cur.lastrowid)
-                    c.execute("COMMIT")
-                except BaseException:
-                    if c.in_transaction:
-                        c.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise self._error(e, "reserving an entry") from e
+        with self._write("reserving an entry") as c:
+            self._check_budget(mechanism, max_epsilon, delta, accountant, site)
+            cur = c.execute(
+                "INSERT INTO entries (run_id, round, phase, kind, steps, sample_rate, noise_multiplier, "
+                "delta, label, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+                (run_id, round, phase, mechanism.kind, mechanism.steps, mechanism.sample_rate,
+                 mechanism.noise_multiplier, delta, mechanism.label, _now()))
+            entry_id = int(cur.lastrowid)
         return entry_id
 
     def released_count(self, key: str, true_count: int, noise: float, draw: Callable[[], float], *, run_id: str,
@@ -339,36 +352,18 @@ class PrivacyLedger:
         check_count(true_count, "true_count")
         mechanism = Mechanism(sample_rate=1.0, noise_multiplier=noise, steps=1, label="example count")
         delta = check_delta(delta)
-        with self._lock:
-            c = self._conn
-            try:
-                c.execute("BEGIN IMMEDIATE")
-                try:
-                    row = c.execute("SELECT value FROM counts WHERE key = ?", (key,)).fetchone()
-                    if row is not None:
-                        c.execute("ROLLBACK")
-                        return int(row[0])
-                    if max_epsilon is not None:
-                        history = [e.mechanism for e in self._rows()]
-                        before, after = self._before_after(history, mechanism, max_epsilon, delta, accountant)
-                        if after > max_epsilon:
-                            raise BudgetExceededError(self.path, refusal_message(site, before, after, max_epsilon,
-                                                                                 delta), before, after)
-                    cur = c.execute(
-                        "INSERT INTO entries (run_id, round, phase, kind, steps, sample_rate, noise_multiplier, "
-                        "delta, label, status, created_at, committed_at) "
-                        "VALUES (?, ?, 'count', ?, 1, 1.0, ?, ?, ?, 'committed', ?, ?)",
-                        (run_id, round, mechanism.kind, noise, delta, mechanism.label, _now(), _now()))
-                    value = max(1, math.floor(true_count + noise * draw() + 0.5))
-                    c.execute("INSERT INTO counts (key, value, noise, entry_id, created_at) VALUES (?, ?, ?, ?, ?)",
-                              (key, value, noise, int(cur.lastrowid), _now()))
-                    c.execute("COMMIT")
-                except BaseException:
-                    if c.in_transaction:
-                        c.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise self._error(e, "releasing an example count") from e
+        with self._write("releasing an example count") as c:
+            row = c.execute("SELECT value FROM counts WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            self._check_budget(mechanism, max_epsilon, delta, accountant, site)
+            cur = c.execute(
+                "INSERT INTO entries (run_id, round, phase, kind, steps, sample_rate, noise_multiplier, delta, label, "
+                "status, created_at, committed_at) VALUES (?, ?, 'count', ?, 1, 1.0, ?, ?, ?, 'committed', ?, ?)",
+                (run_id, round, mechanism.kind, noise, delta, mechanism.label, _now(), _now()))
+            value = max(1, math.floor(true_count + noise * draw() + 0.5))
+            c.execute("INSERT INTO counts (key, value, noise, entry_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                      (key, value, noise, int(cur.lastrowid), _now()))
         return value
 
     def commit(self, entry_id: int, *, steps: int | None = None) -> None:
