@@ -374,30 +374,17 @@ class PrivacyLedger:
         """
         if steps is not None:
             check_count(steps, "steps")
-        with self._lock:
-            c = self._conn
-            try:
-                c.execute("BEGIN IMMEDIATE")
-                try:
-                    row = c.execute("SELECT steps, status FROM entries WHERE id = ?", (entry_id,)).fetchone()
-                    if row is None:
-                        raise LedgerError(self.path, f"no entry with id {entry_id!r}")
-                    reserved_steps, status = row
-                    if steps is not None and steps > reserved_steps:
-                        raise LedgerError(self.path, f"entry {entry_id} reserved {reserved_steps} steps; cannot "
-                                                     f"commit {steps} (more than reserved would be unaccounted)")
-                    if status == "committed":
-                        if steps is not None and steps != reserved_steps:
-                            raise LedgerError(self.path, f"entry {entry_id} is already committed with "
-                                                         f"{reserved_steps} steps")
-                        c.execute("ROLLBACK")
-                        return
-                    c.execute("UPDATE entries SET status = 'committed', committed_at = ?, steps = ? WHERE id = ?",
-                              (_now(), reserved_steps if steps is None else steps, entry_id))
-                    c.execute("COMMIT")
-                except BaseException:
-                    if c.in_transaction:
-                        c.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise self._error(e, f"committing entry {entry_id}") from e
+        with self._write(f"committing entry {entry_id}") as c:
+            row = c.execute("SELECT steps, status FROM entries WHERE id = ?", (entry_id,)).fetchone()
+            if row is None:
+                raise LedgerError(self.path, f"no entry with id {entry_id!r}")
+            reserved_steps, status = row
+            if steps is not None and steps > reserved_steps:
+                raise LedgerError(self.path, f"entry {entry_id} reserved {reserved_steps} steps; cannot commit "
+                                             f"{steps} (more than reserved would be unaccounted)")
+            if status == "committed":
+                if steps is not None and steps != reserved_steps:
+                    raise LedgerError(self.path, f"entry {entry_id} is already committed with {reserved_steps} steps")
+                return
+            c.execute("UPDATE entries SET status = 'committed', committed_at = ?, steps = ? WHERE id = ?",
+                      (_now(), reserved_steps if steps is None else steps, entry_id))
