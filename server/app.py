@@ -338,7 +338,8 @@ def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]]) -> dict[s
                      f"recorded in the site's ledger). The unit is one image: a patient or lesion with k images is "
                      f"protected at group level k only. It does not hide a whole site's participation, nor what "
                      f"sites report without noise: the validation and test metrics of the global model at each site "
-                     f"(confusion matrices, losses).")}
+                     f"(confusion matrices, whose totals are the exact sizes of those splits and so tell the "
+                     f"site's number of images to within a few percent, and losses).")}
 
 
 def _round_line(rnd: int, total: int, phase: str, train: dict, evals: dict, secs: float) -> str:
