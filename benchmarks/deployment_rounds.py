@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli.certs import generate  # noqa: E402
-from cli.processes import free_port  # noqa: E402
+from cli.deploy.certs import generate  # noqa: E402
+from cli.deploy.processes import free_port  # noqa: E402
 
 BASE = ["model.norm=group", "federation.ssl_rounds=0", "federation.local_epochs=1"]
 

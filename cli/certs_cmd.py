@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 
-from .certs import DEFAULT_HOSTS, generate
-from .errors import UserError
+from cli.deploy.certs import DEFAULT_HOSTS, generate
+from cli.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

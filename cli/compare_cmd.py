@@ -7,8 +7,8 @@ from pathlib import Path
 
 from fgssl.rundir import default_run_dir
 
-from .common import format_table
-from .compare import COLUMNS, METRICS, load_rows, render_markdown, write_csv
+from cli.common import format_table
+from cli.reports.compare import COLUMNS, METRICS, load_rows, render_markdown, write_csv
 
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1",
                  "macro_auc": "macro AUC"}
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     write_csv(out / "compare.csv", rows)
     (out / "compare.md").write_text(render_markdown(rows, args.metric), encoding="utf-8")
 
-    from .plots import save_compare_curves  # matplotlib only when drawing
+    from cli.reports.plots import save_compare_curves  # matplotlib only when drawing
     label = METRIC_LABELS[args.metric]
     series = {r.name + ("" if r.row["status"] == "finished" else f" ({r.row['status'].split(' (')[0]})"):
               r.metric_series(args.metric) for r in rows if r.command == "simulate"}

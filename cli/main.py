@@ -7,7 +7,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from .errors import run_command
+from cli.errors import run_command
 
 # (name, help, module): a command's module is imported only when that command runs or shows its --help, so that
 # `fgssl --help` and the torch-free commands (node, nodes, certs) start without importing torch.

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-
-from .federation import DeployError
-from .node_cmd import Site, Watch, add_shared_arguments, run_sites, standalone_main
-from .processes import free_port
+from cli.arguments import add_node_data_arguments
+from cli.errors import standalone_main
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the site ids to run, e.g. 0-19 or 0,2,5")
     p.add_argument("--state-dir", required=True, metavar="DIR",
                    help="site i keeps its state in DIR/site<i>; the shared ClientApp launcher logs to DIR")
-    add_shared_arguments(p)
+    add_node_data_arguments(p)
 
 
 def parse_sites(text: str) -> list[int]:
@@ -43,15 +40,8 @@ def parse_sites(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    certs = Path(args.certs).expanduser().resolve()
-    state = Path(args.state_dir).expanduser().resolve()
-    sites = [Site(i, certs / "nodes" / f"node_{i}" / "node.key", state / f"site{i}", free_port(),
-                  Watch(verbose=args.verbose, prefix=f"site {i}: ", command="fgssl nodes")) for i in args.sites]
-    missing = [str(s.key) for s in sites if not s.key.is_file()]
-    if missing:
-        raise DeployError(f"--certs: no key for {len(missing)} of the sites: {', '.join(missing[:3])}"
-                          + (" ..." if len(missing) > 3 else "") + " (make them with `fgssl certs --nodes N`)")
-    return run_sites(args, sites, state, command="fgssl nodes")
+    from cli.deploy.supernodes import run_nodes
+    return run_nodes(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,14 +6,14 @@ import argparse
 import json
 
 from simulations.partition import compute_partition, label_divergence
+from simulations import DEFAULT_CONFIG
 
-from .common import format_table, open_run_dir, resolve_config
-from .progress import Output
-from .simulate_cmd import DEFAULT_CONFIG
+from cli.common import format_table, open_run_dir, resolve_config
+from cli.progress import Output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .arguments import add_run_arguments
+    from cli.arguments import add_run_arguments
     add_run_arguments(p)
 
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir.write_config(cfg)
     json_path = run_dir.path / "partition.json"
     json_path.write_text(json.dumps(record))
-    from .plots import save_partition_chart  # matplotlib only when needed
+    from cli.reports.plots import save_partition_chart  # matplotlib only when needed
     png_path = save_partition_chart(run_dir.path / "partition.png", record)
     params = ", ".join(f"{k}={v}" for k, v in record["params"].items())
     tv = label_divergence(pool.labels, parts, len(pool.class_names))

@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 
 from fgssl.config import DATASETS, ConfigError, load_config
 from fgssl.data.cache import prepare
-from fgssl.data.errors import DataError
 
-from .progress import Output
+from cli.progress import Output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config whose `data` section to prepare (flags override it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set data.resize=pad (repeatable)")
-    from .arguments import add_output_arguments
+    from cli.arguments import add_output_arguments
     add_output_arguments(p)
 
 
@@ -63,19 +61,14 @@ def _data_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     out = Output.from_args(args, "prepare")
-    try:
-        data = _data_config(args)
-        workers = args.workers if args.workers > 0 else min(8, os.cpu_count() or 1)
-        out.emit("start", command="prepare", dataset=data.dataset, root=data.root, size=data.image_size)
-        if out.json:
-            with out.bar(f"prepare {data.dataset} {data.image_size}px", 0) as bar:
-                result = prepare(data, workers=workers, progress=lambda done, total: bar.update(done, total))
-        else:
-            result = prepare(data, workers=workers, progress=out.shows_progress)
-    except (DataError, ConfigError) as e:
-        print(f"fgssl prepare: error: {e}", file=sys.stderr)
-        out.emit("error", command="prepare", message=f"error: {e}", exit_code=2)
-        return 2
+    data = _data_config(args)
+    workers = args.workers if args.workers > 0 else min(8, os.cpu_count() or 1)
+    out.emit("start", command="prepare", dataset=data.dataset, root=data.root, size=data.image_size)
+    if out.json:
+        with out.bar(f"prepare {data.dataset} {data.image_size}px", 0) as bar:
+            result = prepare(data, workers=workers, progress=lambda done, total: bar.update(done, total))
+    else:
+        result = prepare(data, workers=workers, progress=out.shows_progress)
     m = result.manifest
     if out.json:
         out.emit("done", command="prepare", dataset=data.dataset, cache=str(result.path), built=result.built,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .report import PLOTS_DIR, write_report
+from cli.reports.report import PLOTS_DIR, write_report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,15 +11,15 @@ from fgssl.metrics import below_majority
 from fgssl.rundir import CONFIG, RunDir
 from simulations import DEFAULT_CONFIG
 
-from .common import format_table, open_run_dir, resolve_config, seed_everything
-from .progress import Output
+from cli.common import format_table, open_run_dir, resolve_config, seed_everything
+from cli.progress import Output
 
 TABLE = ["site", "num_examples", "accuracy", "majority_rate", "balanced_accuracy", "macro_f1", "macro_auc", "epsilon"]
 POOLED_SCALARS = ("balanced_accuracy", "accuracy", "macro_auc", "macro_f1")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .arguments import add_run_arguments
+    from cli.arguments import add_run_arguments
     add_run_arguments(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: {'pooled' if r['site'] == 'pooled' else 'site ' + r['site']} test accuracy "
                       f"{r['accuracy']:.3f} is below its majority-class rate {r['majority_rate']:.3f}")
     out.emit("privacy", f"privacy: {summary['privacy']['text']}", result=True, **summary["privacy"])
-    from .report import report_at_end
+    from cli.reports.report import report_at_end
     text_done = (f"fgssl simulate: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
                  f"(summary.json, metrics.jsonl, metrics.csv, partition.json, model.safetensors, checkpoint/)")
     if out.json:

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from cli.plots import REPORT_DPI, REPORT_FIGSIZE
+from cli.reports.plots import REPORT_DPI, REPORT_FIGSIZE
 
 from .conftest import TINY, merge, run_cli
 from .test_report import png_size

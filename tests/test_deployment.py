@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli.certs import generate
+from cli.deploy.certs import generate
 
 from .conftest import REPO, TINY, merge
 
@@ -128,7 +128,7 @@ def _private_value(path: Path) -> int:
 
 
 def _free_port() -> int:
-    from cli.processes import free_port
+    from cli.deploy.processes import free_port
     return free_port()
 
 
@@ -430,7 +430,7 @@ def _node_without_superlink(tmp_path: Path) -> tuple[Proc, int, int, Path]:
 
 
 def test_the_runtime_api_serves_tasks_only_to_requests_signed_with_the_node_secret(tmp_path):
-    from cli.warm_clientapps import Launcher, RefusedSecret
+    from cli.deploy.warm_clientapps import Launcher, RefusedSecret
 
     node, supernode, _, state = _node_without_superlink(tmp_path)
     try:

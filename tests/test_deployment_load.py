@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli.certs import generate
+from cli.deploy.certs import generate
 
 from .conftest import TINY, merge
 from .test_deployment import FGSSL, Proc, _env, _free_port, _kill_leftovers

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cli.jigsaw_figure import JIGSAW_FIGSIZE, ViewsUnavailable, load_examples, save_jigsaw_views
-from cli.plots import REPORT_DPI
+from cli.reports.jigsaw_figure import JIGSAW_FIGSIZE, ViewsUnavailable, load_examples, save_jigsaw_views
+from cli.reports.plots import REPORT_DPI
 from fgssl.config import config_from_dict
 from fgssl.data.cache import cache_path, load_cache, prepare
 from simulations.shift import apply_site_shift

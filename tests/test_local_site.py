@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from cli.federation import DeployError, node_config_arg
+from cli.deploy.federation import DeployError, node_config_arg
 from client.local_site import LocalSite, NodeConfigError, NodeSettings, local_config
 from fgssl.config import load_config
 

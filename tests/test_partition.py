@@ -217,7 +217,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_partition_command_writes_json_table_and_chart(tiny_config, tmp_path):
-    from cli.plots import PARTITION_DPI, PARTITION_FIGSIZE
+    from cli.reports.plots import PARTITION_DPI, PARTITION_FIGSIZE
     cfg_path = tiny_config(partition={"method": "dirichlet", "alpha": 0.5}, federation={"sites": 3})
     out = tmp_path / "part"
     proc = run_cli("partition", "--config", str(cfg_path), "--out", str(out), "--seed", "4", "--set",

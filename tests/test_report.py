@@ -7,8 +7,8 @@ import struct
 import pytest
 import yaml
 
-from cli.jigsaw_figure import JIGSAW_FIGSIZE
-from cli.plots import CONFUSION_FIGSIZE, PARTITION_FIGSIZE, REPORT_DPI, REPORT_FIGSIZE
+from cli.reports.jigsaw_figure import JIGSAW_FIGSIZE
+from cli.reports.plots import CONFUSION_FIGSIZE, PARTITION_FIGSIZE, REPORT_DPI, REPORT_FIGSIZE
 
 from .conftest import run_cli
 
@@ -63,7 +63,7 @@ def test_report_on_a_finished_run(finished_run, tmp_path):
 
 def test_report_says_why_the_jigsaw_views_are_missing(finished_run, tmp_path):
     # A run on a real data set whose images are not on this machine: the report is still written, and says why.
-    from cli.report import write_report
+    from cli.reports.report import write_report
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     shutil.rmtree(run / "plots")
@@ -103,7 +103,7 @@ def test_report_on_an_interrupted_run(finished_run, tmp_path):
 
 def test_report_draws_epsilon_against_the_budget(finished_run, tmp_path):
     # A DP run's records, made from the finished run (a real DP simulation is tested in test_federation_dp.py).
-    from cli.report import write_report
+    from cli.reports.report import write_report
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "summary.json").unlink()
@@ -138,7 +138,7 @@ def test_report_on_a_run_without_metrics(tmp_path, capsys):
 
 
 def test_a_stopped_client_level_run_is_not_called_sample_level(finished_run, tmp_path):
-    from cli.report import write_report
+    from cli.reports.report import write_report
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "summary.json").unlink()

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from cli.study import EXPERIMENTS, plan, read_experiment
+from cli.experiments.study import EXPERIMENTS, plan, read_experiment
 from fgssl.config import ConfigError
 
 from .conftest import REPO, run_cli

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cli.sweep_results import PLOT_FIGSIZE
-from cli.plots import REPORT_DPI
+from cli.experiments.sweep_results import PLOT_FIGSIZE
+from cli.reports.plots import REPORT_DPI
 
 from .conftest import TINY, merge, run_cli
 from .test_report import png_size
@@ -88,7 +88,7 @@ def test_a_second_sweep_skips_finished_cells(sweep):
 
 
 def test_cell_states_decide_skip_resume_restart(tmp_path):
-    from cli.sweep import cell_state
+    from cli.experiments.sweep import cell_state
     from fgssl.config import config_from_dict
     cfg = config_from_dict(merge(TINY, {"federation": {"ssl_rounds": 1, "finetune_rounds": 1}}))
     cell = tmp_path / "cell"
@@ -179,8 +179,8 @@ def test_bad_sweeps_stop_before_any_cell_runs(args, spec, message, capsys, tmp_p
 
 def test_spec_file_gives_the_grid_and_the_command_line_wins(tmp_path):
     import argparse
-    from cli.sweep import build_spec, cell_configs, plan_cells
-    from cli.simulate_cmd import DEFAULT_CONFIG
+    from cli.experiments.sweep import build_spec, cell_configs, plan_cells
+    from simulations import DEFAULT_CONFIG
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY))
     (tmp_path / "sweep.yaml").write_text(
         "config: base.yaml\nset: {federation.finetune_rounds: 2}\nepsilons: [1, 3, .inf]\nalphas: [0.3, 1]\n"

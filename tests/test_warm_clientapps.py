@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from cli.warm_clientapps import prepare_child
+from cli.deploy.warm_clientapps import prepare_child
 
 
 def _child_report(home) -> list[str]:

@@ -13,8 +13,8 @@ import numpy as np
 
 from fgssl.rundir import SUMMARY, read_json_object
 
-from .run_files import finite_or_none
-from .sweep import Cell, fmt_eps, fmt_num
+from cli.reports.run_files import finite_or_none
+from cli.experiments.sweep import Cell, fmt_eps, fmt_num
 
 METRICS = (("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC"), ("accuracy", "accuracy"))
 PLOT_FIGSIZE = (11.0, 4.8)  # 1100 x 480 px at plots.REPORT_DPI
@@ -162,7 +162,7 @@ def _x_positions(epsilons: list[float]) -> tuple[dict[float, float], float | Non
 
 def save_utility_vs_epsilon(path: Path, points: list[Point], partition_text: str) -> Path:
     """Pooled balanced accuracy and macro AUC against ε, one line per α, error bars = std over seeds."""
-    from .plots import REPORT_DPI, save_figure  # matplotlib only when drawing
+    from cli.reports.plots import REPORT_DPI, save_figure  # matplotlib only when drawing
     import matplotlib.pyplot as plt
 
     xs, brk = _x_positions([p.epsilon for p in points])

@@ -13,9 +13,9 @@ from typing import Any
 
 from fgssl.rundir import RunDir, RunFileError, SavedRun
 
-from .errors import UserError
-from .report import ReportError, load_run
-from .run_files import is_finite_number
+from cli.errors import UserError
+from cli.reports.report import ReportError, load_run
+from cli.reports.run_files import is_finite_number
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 COLUMNS = ["run", "command", "dataset", "sites", "partition", "strategy", "privacy", "progress", "status",

@@ -19,8 +19,8 @@ from typing import Any, Callable
 from fgssl.metrics import below_majority
 from fgssl.rundir import METRICS, RunDir, RunFileError, SavedRun
 
-from .errors import UserError
-from .run_files import is_finite_number
+from cli.errors import UserError
+from cli.reports.run_files import is_finite_number
 
 PLOTS_DIR = "plots"
 METRIC_COLUMNS = [  # (record key, column title)
@@ -155,7 +155,7 @@ class Plot:
 
 def make_plots(run: Run) -> tuple[list[Plot], list[str]]:
     """Draw every plot the run's data allows under RUN_DIR/plots/. Returns the plots and notes on those skipped."""
-    from . import plots as P  # matplotlib only here
+    from cli.reports import plots as P  # matplotlib only here
 
     out_dir = run.path / PLOTS_DIR
     made: list[Plot] = []
@@ -236,7 +236,7 @@ def make_plots(run: Run) -> tuple[list[Plot], list[str]]:
 
 def _jigsaw_plot(run: Run, out_dir: Path) -> Plot | str:
     """The jigsaw views figure, or why it cannot be drawn (the run's images are not loadable here)."""
-    from .jigsaw_figure import ViewsUnavailable, load_examples, save_jigsaw_views
+    from cli.reports.jigsaw_figure import ViewsUnavailable, load_examples, save_jigsaw_views
 
     try:
         ex = load_examples(run.path, run.partition)

@@ -138,7 +138,7 @@ def save_jigsaw_views(path: Path, ex: Examples, title: str) -> Path:
 
     from fgssl.jigsaw import jigsaw
 
-    from .plots import REPORT_DPI, save_figure  # matplotlib only when drawing
+    from cli.reports.plots import REPORT_DPI, save_figure  # matplotlib only when drawing
     import matplotlib.pyplot as plt
 
     x = torch.from_numpy(ex.images)

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import UserError
+from cli.errors import UserError
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 MAX_NODES = 1000

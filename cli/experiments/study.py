@@ -18,6 +18,7 @@ Results come from the runs' summary.json files only, so they can be rewritten at
 
 from __future__ import annotations
 
+import argparse
 import csv
 import subprocess
 import sys
@@ -32,11 +33,13 @@ from fgssl.config import Config, ConfigError, load_config
 from fgssl.rundir import RunDir, RunFileError, SavedRun, read_json_object
 from simulations import DEFAULT_CONFIG
 
-from .run_files import finite_or_none
-from .sweep import normalised_config, saved_config_as_now, set_aside
-from .sweep_results import mean_std, plus_minus
+from cli.errors import UserError
+from cli.progress import Output
+from cli.reports.run_files import finite_or_none
+from cli.experiments.sweep import normalised_config, saved_config_as_now, set_aside
+from cli.experiments.sweep_results import mean_std, plus_minus
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO / "simulations" / "configs" / "experiments"
 COMMANDS = ("train", "simulate")
 FILE_KEYS = ("description", "seeds", "quick", "arms")
@@ -279,7 +282,7 @@ def save_plot(path: Path, exp: Experiment, points: list[dict[str, Any]]) -> Path
     shown = [p for p in points if p["balanced_accuracy_mean"] is not None]
     if not shown:
         return None
-    from .plots import save_figure  # matplotlib only when drawing
+    from cli.reports.plots import save_figure  # matplotlib only when drawing
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(shown) + 2), 4.2))
@@ -346,3 +349,36 @@ def run_study(exp: Experiment, runs: list[Run], out: Path, say: Callable[[str], 
                 f"{row.get('accuracy') or float('nan'):.3f} (majority {row.get('majority_rate') or float('nan'):.3f})")
         write_results(out, exp, runs, errors)  # after every run: the tables are never behind by more than one
     return errors
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    """`fgssl study` from its parsed arguments; the exit code (1 when a run failed)."""
+    out_channel = Output("study", quiet=args.quiet)
+    exp = read_experiment(find_experiment(args.experiment))
+    unknown = sorted(set(args.arms or ()) - {a.name for a in exp.arms})
+    if unknown:
+        raise UserError(f"fgssl study: {exp.name} has no arm {', '.join(unknown)} "
+                        f"(its arms: {', '.join(a.name for a in exp.arms)})")
+    overrides = tuple(args.overrides)
+    every = plan(exp, quick=args.quick, overrides=overrides)  # every arm's config validated before any run
+    runs = [r for r in plan(exp, quick=args.quick, seeds=args.seeds, overrides=overrides)
+            if not args.arms or r.arm.name in args.arms]
+    out = Path(args.out or f"runs/study-{exp.name}{'-quick' if args.quick else ''}").resolve()
+    if args.plan:
+        for r in runs:
+            print(f"{r.name}: fgssl {r.arm.command} ({run_state(out / 'runs' / r.name, r.config(), r.arm.command)})")
+        return 0
+    arms = len({r.arm.name for r in runs})
+    out_channel.emit("start", f"fgssl study {exp.name}: {len(runs)} runs ({arms} arms × "
+                     f"{len(runs) // max(arms, 1)} seeds) in {out}", result=True)
+    errors = run_study(exp, runs, out, out_channel.say)
+    # the table covers the whole file (what other invocations finished too), named seeds that it lacks included
+    extra = [r for r in runs if r.name not in {e.name for e in every}]
+    paths = write_results(out, exp, every + extra, errors)
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"fgssl study: results in {paths['markdown']}, {paths['results']}, {paths['runs']}"
+          + (f", {paths['plot']}" if "plot" in paths else ""))
+    if errors:
+        print(f"fgssl study: error: {len(errors)} of {len(runs)} runs failed (logs in {out / 'logs'})")
+        return 1
+    return 0

@@ -6,7 +6,7 @@ HTTPS port (``--host/--port``); ``--enable-supernode-auth`` needs TLS and regist
 a named connection in ``$FLWR_HOME/config.toml`` (``[superlink.<name>] address, root-certificates``); a SuperNode
 serves its own Runtime API on ``--port`` (default 9094, so nodes on one host need distinct ports), starts a SuperExec
 that launches one ClientApp process per message unless ``--isolation process`` leaves that to another process
-(``cli.warm_clientapps`` here), and takes ``--node-config`` as ``key=value`` pairs in TOML syntax.
+(``cli.deploy.warm_clientapps`` here), and takes ``--node-config`` as ``key=value`` pairs in TOML syntax.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from cryptography import x509
-from .errors import UserError
+from cli.errors import UserError
 
 CONNECTION = "fgssl"
 # flwr's own console scripts are looked up next to this interpreter (a venv need not be on PATH).
@@ -213,7 +213,7 @@ def write_runtime_secret(path: Path) -> Path:
 def launcher_command(nodes: Sequence[tuple[int, int, Path]], runtime_secret: Path) -> list[str]:
     """`nodes`: (local Runtime API port, SuperNode pid, its Flower home) for every SuperNode whose ClientApps the
     launcher runs. Several nodes' tasks run at once, so they split the cores rather than each taking all."""
-    cmd = [sys.executable, "-m", "cli.warm_clientapps", "--secret-file", str(runtime_secret)]
+    cmd = [sys.executable, "-m", "cli.deploy.warm_clientapps", "--secret-file", str(runtime_secret)]
     if len(nodes) > 1:
         cmd += ["--threads", str(max(1, (os.cpu_count() or 1) // len(nodes)))]
     for port, pid, home in nodes:
@@ -238,7 +238,7 @@ def node_config_arg(values: Mapping[str, Any]) -> str:
 
 def supernode_command(superlink: str, ca_cert: Path, key: Path, port: int, node_config: str,
                       max_wait_time: float | None, runtime_secret: Path) -> list[str]:
-    """The SuperNode leaves ClientApp processes to `cli.warm_clientapps`, which signs its task requests with
+    """The SuperNode leaves ClientApp processes to `cli.deploy.warm_clientapps`, which signs its task requests with
     `runtime_secret`."""
     cmd = [flower_tool("flower-supernode"), "--superlink", superlink, "--root-certificates", str(ca_cert),
            "--auth-supernode-private-key", str(key), "--host", "127.0.0.1", "--port", str(port),

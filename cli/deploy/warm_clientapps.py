@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from .processes import stop_on_signals
+from cli.deploy.processes import stop_on_signals
 
 # The module named by [tool.flwr.app.components] clientapp in pyproject.toml: imported once, here.
 APP_MODULE = "simulations.flower_app"
@@ -182,7 +182,7 @@ class Launcher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cli.warm_clientapps", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cli.deploy.warm_clientapps", description=__doc__.split("\n\n")[0])
     p.add_argument("--node", action="append", required=True, nargs=3, metavar=("HOST:PORT", "PID", "FLWR_HOME"),
                    help="a SuperNode's Runtime API address, its pid and its Flower home (repeat for SuperNodes "
                         "sharing this machine)")

@@ -1,0 +1,1 @@
+"""Real deployments: certificates, the SuperLink and SuperNode processes, the warm ClientApp launcher."""

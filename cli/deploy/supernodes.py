@@ -1,0 +1,234 @@
+"""How a hospital's node runs: its SuperNode processes, the warm ClientApp launcher, and what their logs say.
+
+`fgssl node` (one site) and `fgssl nodes` (several sites on one machine, for rehearsals) parse their arguments in
+cli/node_cmd.py and cli/nodes_cmd.py and run here. Each SuperNode connects to the SuperLink over TLS (trusting only
+the federation's CA) and authenticates with the hospital's private key; the node's own settings (site id, dataset,
+state directory, privacy budget) travel as Flower's --node-config to every ClientApp (`client.local_site`). Flower's
+failure modes (untrusted certificate, unregistered key, SuperLink gone) become one clear message, and a SuperNode
+that has given up reconnecting (Flower keeps it running) is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from client.node_settings import NodeSettings
+from cli.deploy.federation import (DeployError, check_private_file, flower_env, join_address, launcher_command,
+                                   node_config_arg, parse_address, supernode_command, write_runtime_secret)
+from cli.deploy.processes import Child, become_subreaper, free_port, stop_all, stop_on_signals
+
+_ROUND = re.compile(r"\[RUN (\d+)(?:, ROUND ([^\]]*))?\]")
+_RECEIVING = re.compile(r"Receiving: (\w+) message")
+_NODE_ID = re.compile(r"SuperNode ID: (\d+)")
+
+
+def say_as(command: str, line: str) -> None:
+    """One progress line, starting with the command's name (`fgssl nodes` runs the node code for several sites)."""
+    print(f"{command}: {line}", flush=True)
+
+
+@dataclass
+class Watch:
+    """What the SuperNode's log says, as it says it."""
+    verbose: bool
+    prefix: str = ""  # "site N: " when several SuperNodes share one terminal
+    command: str = "fgssl node"  # what this process's lines start with (`fgssl nodes` runs several sites)
+    node_id: str | None = None
+    gave_up_at: float | None = None
+    reasons: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _round: str = ""
+
+    def __call__(self, line: str) -> None:
+        text = line.strip()
+        if self.verbose:
+            print(self.prefix + text, flush=True)
+        with self.lock:
+            if m := _NODE_ID.search(text):
+                self.node_id = m.group(1)
+                self.say(f"{self.prefix}connected to the SuperLink as Flower node {self.node_id}")
+            elif m := _ROUND.search(text):
+                self._round = f"run {m.group(1)}" + (f", {m.group(2)}" if m.group(2) else "")
+            elif (m := _RECEIVING.search(text)) and not self.verbose:
+                self.say(self.prefix + (f"{self._round}: {m.group(1)} message received" if self._round else
+                                        f"{m.group(1)} message received"))
+            elif "Giving up reconnection" in text:
+                self.gave_up_at = time.monotonic()
+            if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake error" in text:
+                self._add("tls")
+            elif "Failed to activate SuperNode" in text:
+                self._add("auth")
+            elif "Unable to parse the private key" in text:
+                self._add("key")
+            elif "Connection refused" in text or "Name or service not known" in text:
+                self._add("unreachable")
+            if not self.verbose and ("ERROR" in text or "raised an exception" in text):
+                print(f"  {self.prefix}{text}", flush=True)
+
+    def say(self, line: str) -> None:
+        say_as(self.command, line)
+
+    def _add(self, reason: str) -> None:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+
+
+@dataclass
+class Site:
+    """One hospital's SuperNode as this process runs it."""
+    site: int
+    key: Path
+    state: Path
+    port: int
+    watch: Watch
+    node: Child | None = None
+    code: int | None = None
+
+
+def _explain(site: Site, superlink: str, args: argparse.Namespace, launcher_log: Path) -> str:
+    reasons, code = site.watch.reasons, site.code or 0
+    gave_up, connected = site.watch.gave_up_at is not None, site.watch.node_id is not None
+    if "tls" in reasons:
+        return (f"TLS: the SuperLink at {superlink} presented a certificate that {args.ca} does not vouch for "
+                "(is --ca the federation's ca.crt, and is this host name among the certificate's --hosts?)")
+    if "key" in reasons:
+        return f"--key {site.key} is not an OpenSSH EC private key (use node.key written by `fgssl certs`)"
+    if "auth" in reasons:
+        return (f"the SuperLink at {superlink} refused this node's key: its public key (node.pub next to {site.key}) "
+                "is not registered with this federation; ask the coordinator to register it")
+    wait = f"{args.max_wait_time:g} s" if args.max_wait_time else "retries"
+    if gave_up and connected:
+        return f"lost the SuperLink at {superlink} (no answer for {wait}); the federation is gone or unreachable"
+    if gave_up:
+        return f"could not reach the SuperLink at {superlink} (gave up after {wait})"
+    if "launcher" in reasons:
+        return f"the ClientApp launcher stopped, so this node could run no task; see {launcher_log}"
+    if code < 0:
+        return f"the SuperNode was killed by {signal.Signals(-code).name}"
+    return "the SuperNode stopped unexpectedly"
+
+
+def _common_paths(args: argparse.Namespace) -> tuple[str, Path, Path | None]:
+    """The SuperLink address, the CA and the data root, checked."""
+    host, port = parse_address(args.superlink, "--superlink")
+    ca = Path(args.ca).expanduser().resolve()
+    if not ca.is_file():
+        raise DeployError(f"--ca: {ca} not found (the federation's ca.crt)")
+    root = Path(args.root).expanduser().resolve() if args.root else None
+    if root is not None and not root.is_dir():
+        raise DeployError(f"--root: {root} is not a directory")
+    return join_address(host, port), ca, root
+
+
+def _supernode(site: Site, args: argparse.Namespace, superlink: str, ca: Path, root: Path | None,
+               secret: Path) -> list[str]:
+    check_private_file(site.key, "--key: the SuperNode private key")
+    site.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings = NodeSettings(site=site.site, dataset=args.dataset, state_dir=site.state, root=root,
+                            max_epsilon=args.max_epsilon, delta=args.delta, csv=args.csv,
+                            path_column=args.path_column, label_column=args.label_column,
+                            group_column=args.group_column,
+                            skip_bad_images=args.skip_bad_images)
+    return supernode_command(superlink, ca, site.key, site.port, node_config_arg(settings.to_node_config()),
+                             args.max_wait_time or None, secret)
+
+
+def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path, command: str = "fgssl node") -> int:
+    """Start a SuperNode per site and one warm ClientApp launcher for all of them; supervise until they end."""
+    say = functools.partial(say_as, command)
+    superlink, ca, root = _common_paths(args)
+    secret = launcher_dir / "runtime.secret"
+    commands = [_supernode(s, args, superlink, ca, root, secret) for s in sites]  # checks every key first
+    launcher_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_runtime_secret(secret)
+
+    stop_on_signals()
+    become_subreaper()
+
+    data = "share of the built-in synthetic data" if args.dataset == "synthetic" else f"{args.dataset} in {root}"
+    budget = f"; privacy budget ε ≤ {args.max_epsilon:g}" if args.max_epsilon else ""
+    launcher: Child | None = None
+    try:
+        for s, cmd in zip(sites, commands):
+            say(f"site {s.site} ({'its ' if len(sites) == 1 else ''}{data}{budget}) joining the SuperLink at "
+                f"{superlink} over TLS (CA {ca}), authenticated with {s.key}")
+            say(f"{s.watch.prefix}state in {s.state}; SuperNode log: {s.state / 'supernode.log'}")
+            s.node = Child(f"the SuperNode of site {s.site}", cmd, s.state / "supernode.log",
+                           env=flower_env(s.state / "flwr-home"), cwd=s.state, on_line=s.watch)
+        log = launcher_dir / "clientapp.log"
+        argv = launcher_command([(s.port, s.node.pid, s.state / "flwr-home") for s in sites], secret)
+        launcher = Child("the ClientApp launcher", argv, log, env=flower_env(launcher_dir / "flwr-home"),
+                         cwd=launcher_dir,
+                         on_line=Watch(verbose=args.verbose, command=command) if len(sites) > 1 else sites[0].watch)
+        started = ", ".join(f"{s.watch.prefix}pid {s.node.pid}" for s in sites)
+        say(f"SuperNode started ({started}); ClientApps run in forks of pid {launcher.pid} (log: {log})")
+        _supervise(sites, launcher)
+    except KeyboardInterrupt:
+        say(f"stopping the SuperNode{'s' * (len(sites) > 1)} "
+            f"({', '.join(f'pid {s.node.pid}' for s in sites if s.node)})"
+            + (f" and the ClientApp launcher (pid {launcher.pid})" if launcher else ""))
+        raise
+    finally:
+        stop_all([launcher, *(s.node for s in sites)])
+        for s in sites:
+            if s.node is not None:
+                s.code = s.node.returncode
+    failed = 0
+    for s in sites:
+        w = s.watch
+        if w.gave_up_at is not None or w.reasons or s.code != 0:
+            failed += 1
+            reason = _explain(s, superlink, args, launcher_dir / "clientapp.log")
+            print(f"{command}: error: {w.prefix}{reason} (SuperNode exit code {s.code}; log: "
+                  f"{s.state / 'supernode.log'})", file=sys.stderr)
+    if failed:
+        return 1
+    say(f"the SuperNode{'s' * (len(sites) > 1)} stopped")
+    return 0
+
+
+def _supervise(sites: list[Site], launcher: Child) -> None:
+    """Until every SuperNode has ended. Flower's SuperNode stays up after it gives up reconnecting: stop it once it
+    has said so. Without the launcher no node can run a task, so all stop with it."""
+    live = list(sites)
+    while live:
+        if not launcher.alive():
+            for s in live:
+                s.watch.reasons.append("launcher")
+                s.node.stop()
+            return
+        for s in list(live):
+            if s.watch.gave_up_at is not None and time.monotonic() - s.watch.gave_up_at > 3.0:
+                s.node.stop()
+            if not s.node.alive():
+                live.remove(s)
+        time.sleep(0.2)
+
+
+def run_node(args: argparse.Namespace) -> int:
+    """`fgssl node`: one site's SuperNode."""
+    state = Path(args.state_dir).expanduser().resolve()
+    site = Site(args.site, Path(args.key).expanduser().resolve(), state, args.port or free_port(),
+                Watch(verbose=args.verbose))
+    return run_sites(args, [site], state)
+
+
+def run_nodes(args: argparse.Namespace) -> int:
+    """`fgssl nodes`: the given sites' SuperNodes, their keys from the `fgssl certs` folder."""
+    certs = Path(args.certs).expanduser().resolve()
+    state = Path(args.state_dir).expanduser().resolve()
+    sites = [Site(i, certs / "nodes" / f"node_{i}" / "node.key", state / f"site{i}", free_port(),
+                  Watch(verbose=args.verbose, prefix=f"site {i}: ", command="fgssl nodes")) for i in args.sites]
+    missing = [str(s.key) for s in sites if not s.key.is_file()]
+    if missing:
+        raise DeployError(f"--certs: no key for {len(missing)} of the sites: {', '.join(missing[:3])}"
+                          + (" ..." if len(missing) > 3 else "") + " (make them with `fgssl certs --nodes N`)")
+    return run_sites(args, sites, state, command="fgssl nodes")

@@ -1,0 +1,1 @@
+"""Reading finished or running run directories: reports, plots, comparisons."""
