@@ -41,8 +41,8 @@ def run_command(prog: str, args: argparse.Namespace, func: Callable[[argparse.Na
 
 
 def standalone_main(prog: str, doc: str, add: Callable[[argparse.ArgumentParser], None],
-                    run_command: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+                    func: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     """`python -m cli.node_cmd` / `cli.nodes_cmd`: the same arguments and exit codes as through `fgssl`."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     add(parser)
-    return run_command(prog, parser.parse_args(argv), run_command)
+    return run_command(prog, parser.parse_args(argv), func)
