@@ -21,11 +21,15 @@ BRANCHES = (0, 1, 2, 3)  # 0..2: blocks on layer2..layer4; 3: the concat branch
 CONCAT = 3
 
 
-class _BasicBlock(tv_resnet.BasicBlock):
+class _OutOfPlaceReLU:
+    """torchvision's blocks with a ReLU that does not write into its input (per-sample gradient hooks need it)."""
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.relu = nn.ReLU(inplace=False)
 
+
+class _BasicBlock(_OutOfPlaceReLU, tv_resnet.BasicBlock):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -33,11 +37,7 @@ class _BasicBlock(tv_resnet.BasicBlock):
         return self.relu(out + identity)
 
 
-class _Bottleneck(tv_resnet.Bottleneck):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.relu = nn.ReLU(inplace=False)
-
+class _Bottleneck(_OutOfPlaceReLU, tv_resnet.Bottleneck):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))

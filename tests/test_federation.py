@@ -122,9 +122,8 @@ def _popen_simulate(*args):
 def test_resume_after_a_kill_gives_the_same_final_weights(tiny_config, tmp_path):
     cfg_path = tiny_config(federation={"sites": 2, "ssl_rounds": 1, "finetune_rounds": 2, "local_groups": ["*bn*"],
                                        "server_optimizer": "fedadam"})
-    # The uninterrupted reference runs beside the run that is killed (its own Ray cluster; half the wait).
     straight = tmp_path / "straight"
-    reference = _popen_simulate("--config", str(cfg_path), "--out", str(straight), "--quiet")
+    run_cli("simulate", "--config", str(cfg_path), "--out", str(straight), "--quiet")
 
     killed = tmp_path / "killed"
     proc = _popen_simulate("--config", str(cfg_path), "--out", str(killed), "--quiet")
@@ -137,7 +136,6 @@ def test_resume_after_a_kill_gives_the_same_final_weights(tiny_config, tmp_path)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (killed / "model.safetensors").exists()
-    assert reference.wait(timeout=300) == 0, "the uninterrupted run failed; run it alone to see why"
 
     run_cli("simulate", "--resume", str(killed), "--quiet")
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(killed / "model.safetensors"))

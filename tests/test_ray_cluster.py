@@ -66,6 +66,7 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.slow
 def test_simulation_runs_on_an_existing_ray_cluster_and_leaves_it_running(ray_head, tiny_config, tmp_path):
     address, head, temp = ray_head
     run_dir = tmp_path / "run"

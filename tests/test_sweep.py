@@ -158,6 +158,7 @@ def test_cell_states_decide_skip_resume_restart(tmp_path):
     assert state.kind == "stale" and "no longer loads" in state.detail
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path):
     # Valid config, but the data set is not there: every cell fails in its own process, quickly.
     missing = tmp_path / "no-aptos"

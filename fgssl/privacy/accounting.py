@@ -54,12 +54,16 @@ def _check_real(name: str, value: object) -> float:
     return v
 
 
+def _check_positive(name: str, value: object, what: str = "") -> float:
+    v = _check_real(name, value)
+    if v <= 0:
+        raise PrivacyParameterError(name, f"must be > 0{what}, got {value!r}")
+    return v
+
+
 def check_sigma(sigma: object, name: str = "noise_multiplier") -> float:
     """A noise multiplier (noise std / L2 sensitivity): finite and > 0. σ = 0 would mean no privacy at all."""
-    v = _check_real(name, sigma)
-    if v <= 0:
-        raise PrivacyParameterError(name, f"must be > 0 (noise std / L2 sensitivity), got {sigma!r}")
-    return v
+    return _check_positive(name, sigma, " (noise std / L2 sensitivity)")
 
 
 def check_sample_rate(q: object, name: str = "sample_rate") -> float:
@@ -80,10 +84,7 @@ def check_delta(delta: object, name: str = "delta") -> float:
 
 def check_epsilon(eps: object, name: str = "max_epsilon") -> float:
     """An ε bound or target: finite and > 0."""
-    v = _check_real(name, eps)
-    if v <= 0:
-        raise PrivacyParameterError(name, f"must be > 0, got {eps!r}")
-    return v
+    return _check_positive(name, eps)
 
 
 def check_count(n: object, name: str) -> int:
