@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
             if below_majority(r):
                 print(f"warning: {'pooled' if r['site'] == 'pooled' else 'site ' + r['site']} test accuracy "
                       f"{r['accuracy']:.3f} is below its majority-class rate {r['majority_rate']:.3f}")
+    if any(m.get("kept_at_site") for m in final.values()):
+        out.emit("note", f"note: each site's own metrics stayed at the site: {run_dir.path}/sites/site_<i>/"
+                 "evaluations.jsonl", result=True, text="site metrics kept at the sites")
     out.emit("privacy", f"privacy: {summary['privacy']['text']}", result=True, **summary["privacy"])
     from cli.reports.report import report_at_end
     text_done = (f"fgssl simulate: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fgssl.config import Config
+from fgssl.config import SITE_EVALUATIONS, Config
 from fgssl.data.images import ImageSet, labelled_part
 from fgssl.data.sources import Splits
 from fgssl.model import FGSSLNet, build_model
@@ -150,9 +150,16 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
 
 
 def evaluate_global(cfg: Config, sites: SiteProvider, site: int, received: NamedArrays, rnd: int) -> dict[str, Any]:
-    """Full metric set of the global model (with this site's local groups) on the site's val and test splits."""
+    """Full metric set of the global model (with this site's local groups) on the site's val and test splits: what
+    the site sends back, or, when its evaluation stays at the site, only that it does (the metrics go to
+    SITE_EVALUATIONS in its state directory, for the hospital)."""
     torch.set_num_threads(cfg.simulation.client_cpus)
-    splits = sites.splits(site)
-    model = _model_with(cfg, splits.train.num_classes, received, load_local_groups(sites.state_dir(site), rnd + 1))
-    return {"val": evaluate(model, splits.val) if len(splits.val) else None,
-            "test": evaluate(model, splits.test) if len(splits.test) else None}
+    splits, state = sites.splits(site), sites.state_dir(site)
+    model = _model_with(cfg, splits.train.num_classes, received, load_local_groups(state, rnd + 1))
+    metrics = {"val": evaluate(model, splits.val) if len(splits.val) else None,
+               "test": evaluate(model, splits.test) if len(splits.test) else None}
+    if not cfg.privacy.evaluation_stays_at_sites:
+        return metrics
+    with (state / SITE_EVALUATIONS).open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"round": rnd, **metrics}) + "\n")
+    return {"kept_at_site": True}

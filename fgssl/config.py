@@ -268,6 +268,9 @@ class FaultConfig:
 
 
 AGGREGATIONS = ("fedavg", "norm_bounded", "trimmed_mean")
+# A site's own evaluations of the global model when they may not leave it (PrivacyConfig.evaluation_stays_at_sites):
+# one line per evaluation, {"round", "val", "test"} with the full metric sets, in the site's state directory.
+SITE_EVALUATIONS = "evaluations.jsonl"
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
 SECAGG_MODULUS = 2**32  # Flower's SecAgg+ modulus_range default, kept as it is
 
@@ -477,6 +480,12 @@ class PrivacyConfig:
     @property
     def budget(self) -> float | None:
         return self.max_epsilon if self.max_epsilon is not None else self.target_epsilon
+
+    @property
+    def evaluation_stays_at_sites(self) -> bool:
+        """Sample-level DP covers what a site sends; its evaluation metrics are exact functions of its images, so
+        they stay at the site (its state directory) instead of going out without noise."""
+        return self.mode == "sample"
 
 
 @dataclass(frozen=True)

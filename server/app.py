@@ -15,7 +15,7 @@ import torch
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fgssl.config import Config
+from fgssl.config import SITE_EVALUATIONS, Config
 from fgssl.data.images import ImageSet
 from fgssl.metrics import classification_metrics
 from fgssl.model import FGSSLNet, build_model
@@ -198,7 +198,9 @@ class FederatedRun:
         info, _, failed = self._send("evaluate", rnd, arrays, {"round": rnd})
         out: dict[str, dict[str, Any]] = {}
         for site in self.sites:
-            if site in info:
+            if site in info and info[site].get("kept_at_site"):
+                out[str(site)] = {"kept_at_site": True}
+            elif site in info:
                 out[str(site)] = {**flat_metrics(info[site].get("test")),
                                   **flat_metrics(info[site].get("val"), "val_")}
             else:
@@ -299,7 +301,7 @@ class FederatedRun:
                    "elapsed_s": round(time.time() - started, 1), "final": dict(final or {}),
                    "final_round": self.selection.best_step if chosen else fed.total_rounds,
                    "final_last": self.last_eval, "selected": self.selection.summary("round"),
-                   "privacy": privacy_statement(self.cfg, self.epsilon)}
+                   "privacy": privacy_statement(self.cfg, self.epsilon, "pooled" in (final or {}))}
         for site, spent in self.epsilon.items():  # ε is what each site has spent in the whole run
             summary["final"][site] = {**summary["final"].get(site, {}), **spent}
         self.run_dir.write_summary(summary)
@@ -312,7 +314,8 @@ def pooled_val(evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {k[len("val_"):]: v for k, v in pooled.items() if k.startswith("val_")}
 
 
-def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]]) -> dict[str, Any]:
+def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]],
+                      pooled_test_at_server: bool = False) -> dict[str, Any]:
     """What guarantee the run has, in words and numbers (never an ε the mechanism does not give)."""
     p = cfg.privacy
     if p.mode == "none":
@@ -336,10 +339,12 @@ def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]]) -> dict[s
                      f"removing one training image of that site, with ε per site as listed (at most {worst:.2f}) "
                      f"and δ per site as listed ({p.accountant.upper()} accountant, composed over every release "
                      f"recorded in the site's ledger). The unit is one image: a patient or lesion with k images is "
-                     f"protected at group level k only. It does not hide a whole site's participation, nor what "
-                     f"sites report without noise: the validation and test metrics of the global model at each site "
-                     f"(confusion matrices, whose totals are the exact sizes of those splits and so tell the "
-                     f"site's number of images to within a few percent, and losses).")}
+                     f"protected at group level k only. It does not hide a whole site's participation, nor which "
+                     f"rounds a site refused. Each site's validation and test metrics stay at the site (its "
+                     f"{SITE_EVALUATIONS} in its state directory) and are not sent, so the kept model is the last "
+                     f"round's (no validation leaves the sites to choose another)"
+                     + (f"; the pooled test metrics here come from the simulation's own copy of the sites' test "
+                        f"images, which a real coordinator does not have." if pooled_test_at_server else "."))}
 
 
 def _round_line(rnd: int, total: int, phase: str, train: dict, evals: dict, secs: float) -> str:

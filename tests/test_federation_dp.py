@@ -1,6 +1,7 @@
 """Sample-level DP in the federation: per-site ε from the ledger, and a site over budget sits rounds out."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,17 @@ def test_dp_run_reports_ledger_epsilon_an_exhausted_site_refuses_and_a_lost_repl
     assert summary["privacy"]["guarantee"] == "sample-level"
     assert summary["final"]["0"]["epsilon"] == pytest.approx(site0[1]["epsilon"])
     assert "Sample-level (ε, δ)-DP" in proc.stdout and "epsilon" in proc.stdout
+    # No site metric left a site: the run keeps its last round, each site's evaluation is in its state directory
+    for site in ("0", "1"):
+        assert summary["final"][site]["kept_at_site"] is True and "balanced_accuracy" not in summary["final"][site]
+        assert not any(k.startswith(("val_", "accuracy", "balanced", "macro", "confusion")) for r in records
+                       if r["site"] == site for k in r)
+    assert summary["final_round"] == 2 and summary["selected"]["round"] is None
+    assert "balanced_accuracy" in summary["final"]["pooled"]  # the simulation's own copy of the test images
+    kept = [json.loads(line) for line in (out / "sites" / "site_0" / "evaluations.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in kept] == [2] and "confusion_matrix" in kept[0]["test"]
+    assert "stay at the site" in summary["privacy"]["text"] and "copy of the sites' test" in summary["privacy"]["text"]
+    assert "evaluations.jsonl" in proc.stdout
 
 
 def test_a_site_refuses_a_coordinator_delta_above_its_limit(tmp_path):
@@ -144,6 +156,56 @@ def test_a_dp_reply_tells_nothing_of_n_beyond_the_released_count(tmp_path, monke
         assert [e.phase for e in ledger.history()] == ["count", "finetune", "finetune"]
         count = ledger.history()[0]
         assert (count.sample_rate, count.steps, count.noise_multiplier) == (1.0, 1, 20.0)
+
+
+def test_a_dp_site_keeps_its_evaluation_and_sends_nothing_that_depends_on_its_images(tmp_path):
+    """Under sample-level DP the evaluation reply is the same for two sites whose val and test splits differ in one
+    image (and whose models see them differently); the metrics go to the site's own evaluations.jsonl. Without DP
+    the reply carries the full metric sets."""
+    import torch
+
+    from client.site import evaluate_global
+    from fgssl.config import SITE_EVALUATIONS, load_config
+    from fgssl.data.images import ImageSet
+    from fgssl.data.sources import Splits
+    from fgssl.model import build_model
+
+    from .conftest import TINY, merge
+
+    def images(n: int, seed: int) -> ImageSet:
+        g = torch.Generator().manual_seed(seed)
+        return ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(n) % 3,
+                        ("a", "b", "c"))
+
+    class Site:
+        def __init__(self, splits: Splits, state: Path) -> None:
+            self._splits, self._state = splits, state
+
+        def splits(self, site: int) -> Splits:
+            return self._splits
+
+        def state_dir(self, site: int) -> Path:
+            self._state.mkdir(parents=True, exist_ok=True)
+            return self._state
+
+    val, test = images(30, 1), images(40, 2)
+    variants = {"full": Splits(images(60, 0), val, test),
+                "one_less": Splits(images(60, 0), val.subset(torch.arange(29)), test)}
+    dp = load_config(None, [], base=merge(TINY, {"privacy": {"mode": "sample", "target_epsilon": 8.0}}))
+    received = {k: v.numpy() for k, v in build_model(dp.model, 3).state_dict().items()}
+    replies = {name: evaluate_global(dp, Site(sp, tmp_path / name), 0, received, rnd=2)
+               for name, sp in variants.items()}
+    assert replies["full"] == replies["one_less"] == {"kept_at_site": True}
+    kept = {name: [json.loads(line) for line in (tmp_path / name / SITE_EVALUATIONS).read_text().splitlines()]
+            for name in variants}
+    assert [r["round"] for r in kept["full"]] == [2]
+    assert kept["full"][0]["val"]["num_examples"] == 30 and kept["one_less"][0]["val"]["num_examples"] == 29
+    assert kept["full"][0]["test"]["confusion_matrix"] == kept["one_less"][0]["test"]["confusion_matrix"]
+
+    plain = dp.replace(privacy=dp.privacy.__class__())
+    reply = evaluate_global(plain, Site(variants["full"], tmp_path / "plain"), 0, received, rnd=2)
+    assert reply["val"]["num_examples"] == 30 and "confusion_matrix" in reply["test"]
+    assert not (tmp_path / "plain" / SITE_EVALUATIONS).exists()
 
 
 def test_training_without_dp_is_remembered_and_a_later_dp_run_refuses(tiny_config, tmp_path):

@@ -362,7 +362,7 @@ def _metrics_table(run: Run, final: dict[str, dict[str, Any]]) -> Block:
     sites = [s for s in run.sites() if s in final] + [s for s in final if s not in run.sites() and s != "pooled"]
     sites += ["pooled"] if "pooled" in final else []
     has_eps = any(is_finite_number(final[s].get("epsilon")) for s in sites)
-    has_err = any(final[s].get("eval_error") for s in sites)
+    has_err = any(final[s].get("eval_error") or final[s].get("kept_at_site") for s in sites)
     columns = ["site"] + [title for _, title in METRIC_COLUMNS] + (["ε spent"] if has_eps else []) \
         + (["note"] if has_err else [])
     rows = []
@@ -374,7 +374,8 @@ def _metrics_table(run: Run, final: dict[str, dict[str, Any]]) -> Block:
         if has_eps:
             row.append(_fmt(m.get("epsilon")))
         if has_err:
-            row.append(f"evaluation failed: {m['eval_error']}" if m.get("eval_error") else "")
+            row.append(f"evaluation failed: {m['eval_error']}" if m.get("eval_error") else
+                       "kept at the site (sample-level DP)" if m.get("kept_at_site") else "")
         rows.append(row)
     return ("table", columns, rows)
 
