@@ -1,4 +1,4 @@
-"""The warm ClientApp launcher's forked children start as fresh processes would (see cli/warm_clientapps.py)."""
+"""The warm ClientApp launcher's forked children start as fresh processes would (see cli/deploy/warm_clientapps.py)."""
 
 import os
 

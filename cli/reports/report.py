@@ -4,7 +4,7 @@ possibly cut short): then the tables come from the last evaluated round and the 
 
 Reads only the run's files (config.yaml as plain YAML, metrics.jsonl, summary.json, partition.json) and no Flower;
 matplotlib only when drawing, and torch only for the jigsaw views, whose images are regenerated from the config
-(synthetic data) or read from the data set's prepared cache (cli/jigsaw_figure.py).
+(synthetic data) or read from the data set's prepared cache (cli/reports/jigsaw_figure.py).
 """
 
 from __future__ import annotations
