@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     out.emit("privacy", f"privacy: {summary['privacy']['text']}", result=True, **summary["privacy"])
     from cli.reports.report import report_at_end
     text_done = (f"fgssl simulate: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
-                 f"(summary.json, metrics.jsonl, metrics.csv, partition.json, model.safetensors, checkpoint/)")
+                 f"(summary.json, metrics.jsonl, metrics.csv, partition.json, model.safetensors + model.json, checkpoint/)")
     if out.json:
         paths = report_at_end(run_dir.path, say=out.say)
         scalars = {s: {k: v for k, v in m.items() if not isinstance(v, (dict, list))} for s, m in final.items()}

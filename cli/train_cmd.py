@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: test accuracy {test['accuracy']:.3f} is below the majority-class rate "
               f"{test['majority_rate']:.3f}: always answering the most frequent class would score higher")
     print(f"fgssl train: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
-          f"(summary.json, metrics.jsonl, model.safetensors)")
+          f"(summary.json, metrics.jsonl, model.safetensors + model.json)")
     return 0

@@ -19,6 +19,7 @@ from fgssl.config import SITE_EVALUATIONS, Config
 from fgssl.data.images import ImageSet
 from fgssl.metrics import classification_metrics
 from fgssl.model import FGSSLNet, build_model
+from fgssl.model_card import describe, write_model_card
 from fgssl.privacy.client_level import ClientLevelAccount
 from fgssl.rundir import RunDir
 from fgssl.selection import Selection
@@ -306,6 +307,7 @@ class FederatedRun:
             summary["final"][site] = {**summary["final"].get(site, {}), **spent}
         self.run_dir.write_summary(summary)
         self.run_dir.write_metrics_csv()
+        write_model_card(self.run_dir.path, describe(self.cfg, self.class_names, summary))
         return summary
 
 

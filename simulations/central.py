@@ -20,6 +20,7 @@ from fgssl.data.images import labelled_part
 from fgssl.data.sources import load_splits
 from fgssl.metrics import below_majority
 from fgssl.model import build_model
+from fgssl.model_card import describe, write_model_card
 from fgssl.rundir import RunDir
 from fgssl.selection import Selection
 from fgssl.train import evaluate, resolve_device, train_local
@@ -115,4 +116,5 @@ def train_central(cfg: Config, run_dir: RunDir, out: Progress) -> dict[str, Any]
     run_dir.write_metrics_csv()
     run_dir.write_summary(summary)
     run_dir.save_weights(model.state_dict())
+    write_model_card(run_dir.path, describe(cfg, splits.train.class_names, summary))
     return summary

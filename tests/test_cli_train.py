@@ -19,6 +19,11 @@ def test_train_writes_a_complete_run_directory(tiny_config, tmp_path):
     assert "seed: 5" in (out / "config.yaml").read_text()
     weights = load_file(str(out / "model.safetensors"))
     assert any(k.startswith("classifiers.") for k in weights)
+    from fgssl.model_card import load_model
+    model, card = load_model(out)
+    assert card["training"]["command"] == "train" and card["training"]["seed"] == 5
+    assert card["class_names"] == summary["class_names"]
+    assert card["metrics"]["balanced_accuracy"] == summary["test"]["balanced_accuracy"]
 
 
 def test_train_bad_value_is_one_line_naming_the_key(tmp_path):

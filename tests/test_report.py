@@ -153,3 +153,15 @@ def test_a_stopped_client_level_run_is_not_called_sample_level(finished_run, tmp
     md = write_report(run).markdown.read_text()
     assert "Client-level (ε, δ)-DP at every site" in md and "Sample-level" not in md
     assert "whole data set" in md
+
+
+def test_a_finished_simulation_leaves_a_model_that_loads_with_its_description(finished_run):
+    from fgssl.model_card import load_model
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    model, card = load_model(finished_run)
+    assert card["training"]["command"] == "simulate" and card["training"]["sites"] == 2
+    assert card["class_names"] == summary["class_names"]
+    assert card["metrics"]["balanced_accuracy"] == summary["final"]["pooled"]["balanced_accuracy"]
+    assert card["privacy"]["text"] == summary["privacy"]["text"]
+    assert sum(p.numel() for p in model.parameters()) > 0

@@ -146,7 +146,7 @@ def _finish(run_dir: RunDir, say: Callable[[str], None]) -> None:
         say(format_table(rows, [c for c in TABLE if c != "epsilon" or any("epsilon" in r for r in rows)]))
     say(f"privacy: {summary['privacy']['text']}")
     say(f"fgssl serve: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} (summary.json, "
-        "metrics.jsonl, metrics.csv, model.safetensors, checkpoint/, superlink.log, flwr-run.log)")
+        "metrics.jsonl, metrics.csv, model.safetensors + model.json, checkpoint/, superlink.log, flwr-run.log)")
     from cli.reports.report import write_report
     try:
         paths = write_report(run_dir.path)
