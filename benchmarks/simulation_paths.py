@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,25 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.conftest import TINY  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _superlinks(port: int) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "flower-superlink" in cmd and f":{port}" in cmd:
-                pids.append(int(d.name))
-    return pids
+from tests.test_flwr_run import _free_port, _pids_with  # noqa: E402
 
 
 def run_simulate(config: Path, out: Path) -> float:
@@ -68,7 +49,7 @@ def run_flwr(config: Path, out: Path, home: Path) -> float:
                        cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
         seconds = time.monotonic() - started
     finally:
-        for pid in _superlinks(control):  # Flower leaves its local SuperLink running
+        for pid in _pids_with(f":{control}"):  # Flower leaves its local SuperLink running
             os.kill(pid, signal.SIGTERM)
     if not (out / "summary.json").is_file():
         raise RuntimeError(f"flwr run wrote no summary in {out}")
