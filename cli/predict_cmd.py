@@ -23,7 +23,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from fgssl.data.official import decode_image
     from fgssl.model_card import ModelFileError, load_model
     from fgssl.predict import image_files, predict_files
 
@@ -36,11 +35,7 @@ def run(args: argparse.Namespace) -> int:
     files = image_files(args.images)
     if not files:
         raise UserError(f"no image files in {', '.join(args.images)}")
-    if args.strict:  # fail before anything is written, naming the file
-        size, resize = card["preprocessing"]["image_size"], card["preprocessing"]["resize"]
-        for f in files:
-            decode_image(f, size, resize)
-    rows = predict_files(model, card, files, args.batch_size)
+    rows = predict_files(model, card, files, args.batch_size, strict=args.strict)  # before anything is written
     names = card["class_names"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from .data.errors import DataError
-from .data.images import to_float
+from .data.images import ImageSet
 from .data.official import IMAGE_SUFFIXES, decode_image
 from .model import FGSSLNet
+from .train import predict
 
 
 @dataclass
@@ -37,28 +38,32 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def predict_files(model: FGSSLNet, card: dict[str, Any], files: list[Path], batch_size: int = 64) -> list[Prediction]:
-    """One Prediction per file, in order; undecodable files get an error instead of probabilities."""
+def predict_files(model: FGSSLNet, card: dict[str, Any], files: list[Path], batch_size: int = 64, *,
+                  strict: bool = False) -> list[Prediction]:
+    """One Prediction per file, in order; undecodable files get an error instead of probabilities (with `strict`,
+    the first one raises DataError naming it)."""
     size, resize = int(card["preprocessing"]["image_size"]), str(card["preprocessing"]["resize"])
+    names = tuple(card["class_names"])
     out: list[Prediction] = []
     batch: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
         if not batch:
             return
-        x = to_float(torch.from_numpy(np.stack([a for _, a in batch])))
-        with torch.no_grad():
-            probs = torch.softmax(model(x).combined_logits().float(), dim=1).numpy()
+        images = ImageSet(torch.from_numpy(np.stack([a for _, a in batch])),
+                          torch.zeros(len(batch), dtype=torch.long), names)
+        probs = torch.softmax(torch.from_numpy(predict(model, images)[1]), dim=1).numpy()
         for (i, _), p in zip(batch, probs):
             out[i].probabilities = p
         batch.clear()
 
-    model.eval()
     for f in files:
         out.append(Prediction(f, None))
         try:
             batch.append((len(out) - 1, decode_image(f, size, resize)))
         except DataError as e:
+            if strict:
+                raise
             out[-1].error = str(e)
         if len(batch) >= batch_size:
             flush()
