@@ -23,6 +23,7 @@ from fgssl.privacy.node import private_round, record_unprotected_round
 from fgssl.rundir import RunDir, load_weights
 from fgssl.train import evaluate, train_local
 from strategies.groups import keys_matching
+from strategies.wire import encode
 
 NamedArrays = dict[str, np.ndarray]
 _LOCAL_FILE = re.compile(r"local_r(\d+)\.safetensors$")
@@ -146,7 +147,10 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
     state = model.state_dict()
     arrays = {k: state[k].detach().cpu().numpy() for k in received}
     info = {k: v for k, v in info.items() if not isinstance(v, float) or math.isfinite(v)}
-    return _apply_fault(cfg, site, rnd, arrays, info)
+    arrays, info = _apply_fault(cfg, site, rnd, arrays, info)
+    if round_cfg.get("upload_encoding") == "float16_delta":  # the coordinator's choice (Config.upload_encoding)
+        arrays = encode(arrays, received) or arrays
+    return arrays, info
 
 
 def evaluate_global(cfg: Config, sites: SiteProvider, site: int, received: NamedArrays, rnd: int) -> dict[str, Any]:

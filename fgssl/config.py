@@ -272,6 +272,8 @@ AGGREGATIONS = ("fedavg", "norm_bounded", "trimmed_mean")
 # one line per evaluation, {"round", "val", "test"} with the full metric sets, in the site's state directory.
 SITE_EVALUATIONS = "evaluations.jsonl"
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+# How a site uploads its update (strategies/wire.py): its change in float16, scaled per tensor, or float32 values.
+UPLOAD_ENCODINGS = ("float16_delta", "float32")
 SECAGG_MODULUS = 2**32  # Flower's SecAgg+ modulus_range default, kept as it is
 
 
@@ -303,6 +305,11 @@ class FederationConfig:
     # (then after twice as long, and so on); it answers from its cached reply, so a lost upload arrives late instead
     # of never (null = only replies the SuperLink reports lost are asked again).
     reask_after_s: float | None = 60.0
+    # float16_delta: a site uploads its change of the weights it was sent in float16, scaled per tensor (half the
+    # bytes; each coordinate within 2**-11 of its change); float32: the trained values as they are. Secure
+    # aggregation and privacy.mode 'client' always upload float32 (their own exact arithmetic): see
+    # Config.upload_encoding.
+    upload_encoding: str = "float16_delta"
     # Secure aggregation (Flower's SecAgg+, see README "Secure aggregation"): each site sends its change of the weights
     # it was sent, clipped per coordinate to [-secagg_clipping_range, secagg_clipping_range], quantised to
     # secagg_quantization_range levels and masked; the server only learns the equal-weight mean of the changes, exact
@@ -373,6 +380,8 @@ class FederationConfig:
         _require(self.round_timeout_s > 0, f"{p}.round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
         _require(self.reask_after_s is None or self.reask_after_s > 0, f"{p}.reask_after_s",
                  f"must be > 0 or null, got {self.reask_after_s}")
+        _require(self.upload_encoding in UPLOAD_ENCODINGS, f"{p}.upload_encoding",
+                 f"unknown encoding '{self.upload_encoding}'; choose from: {', '.join(UPLOAD_ENCODINGS)}")
         if self.secure_aggregation:
             self._validate_secagg(p)
 
@@ -543,6 +552,14 @@ class Config:
             _require(f.site < self.federation.sites, f"simulation.faults[{i}].site",
                      f"site {f.site} does not exist (federation.sites={self.federation.sites})")
         return self
+
+    @property
+    def upload_encoding(self) -> str:
+        """How sites upload updates in this run: float32 under secure aggregation (it clips and quantises the change
+        itself) and client-level DP (Flower's wrapper clips and noises the float32 records), else the configured one."""
+        if self.federation.secure_aggregation or self.privacy.mode == "client":
+            return "float32"
+        return self.federation.upload_encoding
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

@@ -27,9 +27,10 @@ from fgssl.train import evaluate
 from strategies.aggregate import SiteUpdate
 from strategies.client_dp import client_dp_aggregate
 from strategies.fgssl_strategy import FGSSLStrategy, RoundOutcome
-from strategies.flower import array_specs, screen_reply, to_config, to_record
+from strategies.flower import array_specs, screen_reply, to_config, to_record, uploaded_bytes
 from strategies.incoming import RejectedReply
 from strategies.secagg import secure_round
+from strategies.wire import decode, is_encoded
 
 from .checkpoint import (drop_unselected, load_checkpoint, load_releases, load_selected, save_checkpoint,
                          save_releases, save_selected)
@@ -127,17 +128,19 @@ class FederatedRun:
         failed: dict[int, str] = {}
         self.replies: dict[int, Message] = {}  # the raw replies with arrays, for Flower's DP wrapper
         expected = array_specs(arrays) if kind == "train" else {}
+        compact = config.get("upload_encoding") == "float16_delta"
         for site, r in got.replies.items():
             if r.has_error():
                 failed[site] = f"client error: {r.error.reason.strip()[-300:]}"
                 continue
             try:
-                ok[site], received = screen_reply(r.content, expected)
+                ok[site], received = screen_reply(r.content, expected, compact=compact)
             except RejectedReply as e:  # a broken or hostile node: dropped like any bad update, named in the log
                 failed[site] = f"rejected reply from site {site} (node {r.metadata.src_node_id}): {e}"
                 continue
             if received is not None:
-                arrays_by_site[site] = received
+                arrays_by_site[site] = decode(received, arrays) if is_encoded(received) else received
+                ok[site]["upload_bytes"] = uploaded_bytes(r.content)
                 self.replies[site] = r
         for site in self.sites:
             if site not in ok and site not in failed:
@@ -146,7 +149,8 @@ class FederatedRun:
         return ok, arrays_by_site, failed
 
     def train_round(self, rnd: int) -> dict[int, dict[str, Any]]:
-        round_cfg = {**self.strategy.round_config(rnd, self.cfg.seed), "run_id": self.run_dir.path.name}
+        round_cfg = {**self.strategy.round_config(rnd, self.cfg.seed), "run_id": self.run_dir.path.name,
+                     "upload_encoding": self.cfg.upload_encoding}
         keys = self.strategy.keys_to_send(round_cfg["phase"])
         sent = {k: self.global_[k] for k in keys}
         if self.cfg.federation.secure_aggregation:  # the server learns only the mean change, through SecAgg+

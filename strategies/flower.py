@@ -10,6 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from .incoming import (ArraySpec, RejectedReply, ReplyBounds, check_array_meta, check_decoded, check_metric_count,
                        check_metric_value)
+from .wire import DELTA, encoded_specs
 
 NamedArrays = dict[str, np.ndarray]
 
@@ -48,9 +49,17 @@ def array_specs(named: NamedArrays) -> dict[str, ArraySpec]:
     return {k: ArraySpec(tuple(np.shape(v)), str(np.asarray(v).dtype)) for k, v in named.items()}
 
 
-def screen_reply(content: RecordDict, expected: dict[str, ArraySpec],
-                 bounds: ReplyBounds = ReplyBounds()) -> tuple[dict[str, Any], NamedArrays | None]:
+def uploaded_bytes(content: RecordDict) -> int:
+    """The bytes of a reply's arrays as they travel (values and their headers)."""
+    return sum(len(a.data) for a in content["arrays"].values()) if "arrays" in content.keys() else 0
+
+
+def screen_reply(content: RecordDict, expected: dict[str, ArraySpec], bounds: ReplyBounds = ReplyBounds(),
+                 compact: bool = False) -> tuple[dict[str, Any], NamedArrays | None]:
     """A site's reply as (metrics, arrays or None), checked before decoding; RejectedReply names what is wrong.
+
+    `compact`: the round asked for the compact upload (strategies/wire.py), so a reply may hold it instead of the
+    values of `expected` (a site whose update does not fit it sends the values); the arrays are returned as sent.
 
     Only an "info" ConfigRecord, a numeric "metrics" MetricRecord (Flower's DP wrapper reads it) and, where arrays
     are expected, an "arrays" ArrayRecord may be present. Array shapes, dtypes and byte counts are read from the
@@ -85,6 +94,8 @@ def screen_reply(content: RecordDict, expected: dict[str, ArraySpec],
         record = content["arrays"]
         if not isinstance(record, ArrayRecord):
             raise RejectedReply("'arrays' is not an array record")
+        if compact and DELTA in record.keys():
+            expected = encoded_specs(expected)
         check_array_meta({k: (tuple(a.shape), str(a.dtype), len(a.data)) for k, a in record.items()}, expected)
         arrays = from_record(record)
     return metrics, arrays
