@@ -1,24 +1,28 @@
-"""Jigsaw cost relative to a ResNet-18 forward+backward on the same batch, measured side by side in one run.
+"""B1: the jigsaw's cost next to a forward+backward of the default model on the same batch.
 
-Compares this project's batched gather (one permutation per image) with PMG's generator (one permutation per
-batch, a Python loop over tiles), re-implemented here for the comparison. Reports ratios, which survive a
-noisy shared machine better than absolute times.
+The default model (ResNet-18 FG-SSL net, BatchNorm) at 64 px with an 8x8 grid and batch 64 (the default run), and
+at 224 px with a 16x16 grid and batch 16; ratio = jigsaw / (forward + backward), the larger of the two. This
+project's jigsaw gives each image its own permutation in one gather; PMG's (one permutation per batch, a Python
+loop over tiles, re-written here) is timed beside it for scale.
 
-    python benchmarks/jigsaw_overhead.py [--size 64] [--batch 64] [--repeats 20]
+    python -m benchmarks.b1_jigsaw [--quick] [--repeats 9]
 """
 
 from __future__ import annotations
 
-import argparse
 import random
-import statistics
-import time
+import sys
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
+from benchmarks.common import finish, interleaved, median, parser
+from fgssl.config import load_config
 from fgssl.jigsaw import jigsaw
+from fgssl.model import CONCAT, build_model
+from simulations import DEFAULT_CONFIG
+
+TARGET = 0.005
 
 
 def pmg_jigsaw(images: torch.Tensor, n: int) -> torch.Tensor:
@@ -34,55 +38,46 @@ def pmg_jigsaw(images: torch.Tensor, n: int) -> torch.Tensor:
     return out
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds per call: robust to the bursts of other work on a shared machine."""
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--grid", type=int, nargs="+", default=[8, 4, 2])
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
-    dev = torch.device(args.device)
+def measure(size: int, n: int, batch: int, repeats: int, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=7).to(dev)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=dev)
-    y = torch.randint(0, 7, (args.batch,), device=dev)
-    gen = torch.Generator(device=dev).manual_seed(0)
+    model = build_model(load_config(DEFAULT_CONFIG).model, 7).to(device).train()
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 7, (batch,), device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
 
     def sync() -> None:
-        if dev.type == "cuda":
+        if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def train_step() -> None:
+    def step() -> None:
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        logits = model(x, (CONCAT,)).logits[CONCAT]
+        F.cross_entropy(logits, y).backward()
         sync()
 
-    # Interleave the measurements so that machine noise hits all of them alike.
-    rows = []
-    for n in args.grid:
-        step = timed(train_step, max(3, args.repeats // 4))
-        ours = timed(lambda: (jigsaw(x, n, gen), sync()), args.repeats)
-        pmg = timed(lambda: (pmg_jigsaw(x, n), sync()), args.repeats)
-        step2 = timed(train_step, max(3, args.repeats // 4))
-        base = (step + step2) / 2
-        rows.append((n, base, ours / base, pmg / base, pmg / ours))
-    print(f"device={dev} size={args.size} batch={args.batch} threads={torch.get_num_threads()}")
-    print(f"{'grid':>4}  {'fwd+bwd s':>9}  {'ours/step':>9}  {'pmg/step':>9}  {'pmg/ours':>8}")
-    for n, base, r_ours, r_pmg, speedup in rows:
-        print(f"{n:>4}  {base:9.4f}  {r_ours:9.2%}  {r_pmg:9.2%}  {speedup:8.1f}x")
+    times = interleaved({"step": step, "ours": lambda: (jigsaw(x, n, gen), sync()),
+                         "pmg": lambda: (pmg_jigsaw(x, n), sync())}, repeats)
+    med = {k: median(v) for k, v in times.items()}
+    return {"size": size, "grid": n, "batch": batch, "step_s": round(med["step"], 4),
+            "jigsaw_s": round(med["ours"], 6), "ratio": med["ours"] / med["step"], "pmg_ratio": med["pmg"] / med["step"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    cases = [(32, 8, 4), (64, 16, 2)] if args.quick else [(64, 8, 64), (224, 16, 16)]
+    repeats = 2 if args.quick else args.repeats
+    rows = [measure(size, n, batch, repeats, torch.device(args.device)) for size, n, batch in cases]
+    print(f"device={args.device} threads={torch.get_num_threads()} repeats={repeats} (medians, interleaved)")
+    print(f"{'px':>4} {'grid':>4} {'batch':>5}  {'fwd+bwd s':>9}  {'jigsaw/step':>11}  {'pmg/step':>9}")
+    for r in rows:
+        print(f"{r['size']:>4} {r['grid']:>4} {r['batch']:>5}  {r['step_s']:9.4f}  {r['ratio']:11.3%}  "
+              f"{r['pmg_ratio']:9.2%}")
+    worst = max(r["ratio"] for r in rows)
+    return finish("B1", "jigsaw / forward+backward (worst case)", worst, TARGET, quick=args.quick, rows=rows)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
