@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
     cfg = load_config(DEFAULT_CONFIG)
-    n, batches, repeats = (64, 1, 1) if args.quick else (600, args.batches, args.repeats)
+    n, batches, repeats = (16, 1, 1) if args.quick else (600, args.batches, args.repeats)
     if args.quick:
-        cfg = cfg.replace(model=dataclasses.replace(cfg.model, backbone="resnet10"),
-                          train=dataclasses.replace(cfg.train, batch_size=16))
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, image_size=32),
+                          model=dataclasses.replace(cfg.model, backbone="resnet10", width=16),
+                          train=dataclasses.replace(cfg.train, batch_size=8))
     images, labels = generate(range(n), cfg.seed, cfg.data.image_size, cfg.data.num_classes, 0, cfg.data.site_shift)
     data = ImageSet(torch.from_numpy(images), torch.from_numpy(labels).long(),
                     tuple(str(c) for c in range(cfg.data.num_classes)))

@@ -96,3 +96,33 @@ def skipped(bench: str, figure: str, reason: str, quick: bool = False) -> int:
     print(RESULT_PREFIX + json.dumps({"id": bench, "figure": figure, "skipped": reason, "quick": quick,
                                       "machine": machine()}), flush=True)
     return 0
+
+
+def run_cli(command: str, args: list[str], timeout: float = 3600) -> dict[str, object]:
+    """One `fgssl <command> --json ...` in its own process: its wall time, its JSON events, its final event."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), FLWR_TELEMETRY_ENABLED="0",
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "cli.main", command, "--json", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"fgssl {command} {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    events = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return {"wall_s": wall, "events": events,
+            "round_s": [float(e["seconds"]) for e in events if e.get("event") == "round"]}
+
+
+def tiny_config(path: Path, **sections: dict) -> Path:
+    """The test suite's tiny model and data (fixed costs dominate), with `sections` merged in, written to `path`."""
+    import yaml
+
+    from tests.conftest import TINY, merge
+
+    path.write_text(yaml.safe_dump(merge(TINY, sections)))
+    return path

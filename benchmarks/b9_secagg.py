@@ -1,18 +1,17 @@
-"""Round time of a real deployment on loopback, without and with SecAgg+, side by side.
+"""B9: a SecAgg+ round / a plain round, at 3 and 8 nodes, in simulation and in a real loopback deployment.
 
-Run: python benchmarks/deployment_rounds.py [--nodes 3 8] [--rounds 2] [--set KEY=VALUE ...]
+For each node count and path it runs two federations with the same config, plain aggregation then
+`federation.secure_aggregation=true`, and compares their mean round times (as the ServerApp logged them). The
+deployment is `fgssl serve` (SuperLink with TLS and node authentication) and one `fgssl nodes` process for the
+hospitals (real SuperNodes, one warm ClientApp launcher); the simulation is `fgssl simulate`. The config is the
+default model (ResNet-18, 64 px) with GroupNorm (SecAgg+ refuses BatchNorm, whose running statistics are not a
+mean), fine-tune rounds only, one local epoch; --set shortens it. The target is on the worse path at 3 nodes.
 
-For each node count it runs two federations one after the other with the same config: `fgssl serve` (SuperLink with
-TLS and node authentication) and one `fgssl nodes` process for the hospitals (real SuperNodes, one warm ClientApp
-launcher), first with plain aggregation, then with `federation.secure_aggregation=true`. It reports every round's
-time as the ServerApp logged it and the SecAgg+/plain ratio of their means. The default is the default model
-(simulations/configs/default.yaml: ResNet-18, 64 px) with GroupNorm (SecAgg+ refuses BatchNorm, whose running
-statistics are not a mean), fine-tune rounds only, one local epoch.
+    python -m benchmarks.b9_secagg [--quick] [--nodes 3 8] [--paths simulation deployment] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -23,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import REPO, finish, parser, run_cli, tiny_config
+from cli.deploy.certs import generate
+from cli.deploy.processes import free_port
 
-from cli.deploy.certs import generate  # noqa: E402
-from cli.deploy.processes import free_port  # noqa: E402
+TARGET = 1.3
 
 BASE = ["model.norm=group", "federation.ssl_rounds=0", "federation.local_epochs=1"]
 
@@ -89,22 +88,49 @@ def federation(nodes: int, rounds: int, secagg: bool, overrides: list[str], time
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def simulation(nodes: int, rounds: int, secagg: bool, overrides: list[str], config: Path | None) -> list[float]:
+    sets = [*BASE, f"federation.sites={nodes}", f"federation.min_nodes={nodes}",
+            f"federation.finetune_rounds={rounds}", f"federation.secure_aggregation={str(secagg).lower()}", *overrides]
+    with tempfile.TemporaryDirectory(prefix="fgssl-b9-") as tmp:
+        args = ["--config", str(config)] if config else []
+        return run_cli("simulate", [*args, "--out", f"{tmp}/run", *[a for s in sets for a in ("--set", s)]])["round_s"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__)
     p.add_argument("--nodes", type=int, nargs="+", default=[3, 8])
+    p.add_argument("--paths", nargs="+", default=["simulation", "deployment"], choices=["simulation", "deployment"])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one federation may take")
-    args = p.parse_args()
-    print(f"config: default + {' '.join(BASE + args.overrides)}; {args.rounds} rounds; {os.cpu_count()} cores")
-    print(f"{'nodes':>5}  {'plain round s':<24} {'SecAgg+ round s':<24} ratio")
-    for n in args.nodes:
-        plain = federation(n, args.rounds, False, args.overrides, args.timeout)
-        secure = federation(n, args.rounds, True, args.overrides, args.timeout)
-        ratio = (sum(secure) / len(secure)) / (sum(plain) / len(plain))
-        print(f"{n:>5}  {' / '.join(f'{s:.0f}' for s in plain):<24} {' / '.join(f'{s:.0f}' for s in secure):<24} "
-              f"{ratio:.2f}", flush=True)
+    args = p.parse_args(argv)
+    config = None
+    nodes, paths, rounds = args.nodes, args.paths, args.rounds
+    tmp = Path(tempfile.mkdtemp(prefix="fgssl-b9q-"))
+    if args.quick:  # the tiny model, 3 simulated nodes, one round: the pipeline, not the figure
+        config = tiny_config(tmp / "quick.yaml")
+        nodes, paths, rounds = [3], ["simulation"], 1
+    print(f"config: {'tiny' if config else 'default'} + {' '.join(BASE + args.overrides)}; {rounds} rounds; "
+          f"{os.cpu_count()} cores")
+    print(f"{'path':>10} {'nodes':>5}  {'plain round s':<24} {'SecAgg+ round s':<24} ratio")
+    rows = []
+    for path in paths:
+        for n in nodes:
+            if path == "simulation":
+                plain = simulation(n, rounds, False, args.overrides, config)
+                secure = simulation(n, rounds, True, args.overrides, config)
+            else:
+                plain = federation(n, rounds, False, args.overrides, args.timeout)
+                secure = federation(n, rounds, True, args.overrides, args.timeout)
+            ratio = (sum(secure) / len(secure)) / max(sum(plain) / len(plain), 1e-9)
+            rows.append({"path": path, "nodes": n, "plain_round_s": plain, "secagg_round_s": secure, "ratio": ratio})
+            print(f"{path:>10} {n:>5}  {' / '.join(f'{s:.1f}' for s in plain):<24} "
+                  f"{' / '.join(f'{s:.1f}' for s in secure):<24} {ratio:.2f}", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    at_three = [r["ratio"] for r in rows if r["nodes"] == min(nodes)]
+    return finish("B9", f"SecAgg+ round / plain round at {min(nodes)} nodes (worse path)", max(at_three), TARGET,
+                  quick=args.quick, rows=rows)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

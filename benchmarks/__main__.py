@@ -1,0 +1,85 @@
+"""Run the benchmarks, each in its own process, and print (or write) their results as one table.
+
+    python -m benchmarks [--quick] [--only B1 B6] [--json results.json] [--markdown table.md]
+
+Each script prints a `RESULT {...}` line last and exits 1 when its target is missed; this runner gathers those
+lines, prints a table (id, figure, ratio, target, pass, command) with the machine, and exits 1 when a script failed
+or missed its target. --quick passes --quick on (tiny sizes, about 5 minutes on 2 cores): it checks that every
+script runs and gives a well-formed result, not the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO, RESULT_PREFIX, machine
+
+SCRIPTS = {"B1": "b1_jigsaw", "B2": "b2_cache", "B3": "b3_data_path", "B5": "b5_federation_cost",
+           "B6": "b6_upload_bytes", "B8": "b8_scaling", "B9": "b9_secagg", "B10": "b10_gpu"}
+FIELDS = ("id", "figure", "ratio", "target", "pass", "command")
+
+
+def run(bench: str, quick: bool, timeout: float) -> dict[str, object]:
+    """One script's result line, or a failed row that says why."""
+    cmd = [sys.executable, "-m", f"benchmarks.{SCRIPTS[bench]}", *(["--quick"] if quick else [])]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"id": bench, "error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if not lines:
+        return {"id": bench, "error": f"exit {proc.returncode}, no result line:\n{(proc.stdout + proc.stderr)[-2000:]}"}
+    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["exit"] = proc.returncode
+    return result
+
+
+def markdown(results: list[dict[str, object]]) -> str:
+    rows = ["| id | figure | ratio | target | pass | command |", "|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            rows.append(f"| {r['id']} | failed: {str(r['error']).splitlines()[0]} | | | no | |")
+        elif "skipped" in r:
+            rows.append(f"| {r['id']} | {r['figure']} | not run: {r['skipped']} | | | |")
+        else:
+            rows.append(f"| {r['id']} | {r['figure']} | {r['ratio']} | {r['target']} | "
+                        f"{'yes' if r['pass'] else 'no'} | `{r['command']}` |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: the scripts run, the targets are not checked")
+    ap.add_argument("--only", nargs="+", choices=list(SCRIPTS), metavar="ID", help="some of: " + " ".join(SCRIPTS))
+    ap.add_argument("--timeout", type=float, default=7200, help="seconds one script may take")
+    ap.add_argument("--json", type=Path, help="write every result here")
+    ap.add_argument("--markdown", type=Path, help="write the table here")
+    args = ap.parse_args(argv)
+    results = []
+    for bench in args.only or list(SCRIPTS):
+        print(f"{bench}: running benchmarks.{SCRIPTS[bench]}{' --quick' if args.quick else ''} ...", flush=True)
+        results.append(run(bench, args.quick, args.timeout))
+        r = results[-1]
+        print(f"{bench}: " + (f"failed: {r['error']}" if "error" in r else f"not run: {r['skipped']}" if "skipped" in r
+                              else f"{r['ratio']} (target {r['target']}, {'pass' if r['pass'] else 'MISSED'}, "
+                                   f"{r['seconds']} s)"), flush=True)
+    table = markdown(results)
+    info = machine()
+    print(f"\nmachine: {info}\n\n{table}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "quick": args.quick, "results": results}, indent=1))
+    if args.markdown:
+        args.markdown.write_text(f"Machine: {info}\n\n{table}\n")
+    failed = [r for r in results if "error" in r or (not args.quick and r.get("pass") is False)]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

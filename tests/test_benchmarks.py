@@ -1,0 +1,50 @@
+"""The benchmarks cannot rot: `python -m benchmarks --quick` runs every script on tiny sizes and each gives a
+well-formed result line (the targets are checked by the full runs, recorded in benchmarks/RESULTS.md)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.__main__ import SCRIPTS, markdown
+
+from .conftest import REPO
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_quick_and_gives_a_well_formed_result(tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["quick"] and report["machine"]["cores"] >= 1
+    results = {r["id"]: r for r in report["results"]}
+    assert list(results) == list(SCRIPTS)
+    for bench, r in results.items():
+        assert "error" not in r, r
+        if "skipped" in r:  # only a figure this machine cannot measure, said why
+            assert bench in ("B2", "B10") and r["skipped"], r
+            continue
+        assert r["quick"] is True and isinstance(r["pass"], bool) and r["exit"] == 0, r
+        assert isinstance(r["ratio"], float) and r["ratio"] == r["ratio"] and r["ratio"] >= 0, r
+        assert r["target"].split()[0] in ("<=", ">=") and r["command"].startswith(f"python -m benchmarks.b"), r
+    assert "| B6 |" in proc.stdout and "machine:" in proc.stdout
+
+
+def test_the_table_names_failed_and_skipped_benchmarks():
+    table = markdown([{"id": "B1", "figure": "f", "ratio": 0.1, "target": "<= 0.5", "pass": True, "command": "c"},
+                      {"id": "B2", "error": "exit 1, no result line:\nTraceback"},
+                      {"id": "B10", "figure": "g", "skipped": "no GPU on this machine"}])
+    assert "| B1 | f | 0.1 | <= 0.5 | yes | `c` |" in table
+    assert "| B2 | failed: exit 1, no result line: | | | no | |" in table
+    assert "not run: no GPU on this machine" in table
+
+
+def test_a_script_that_misses_its_target_exits_non_zero(tmp_path):
+    from benchmarks.common import finish
+
+    assert finish("B0", "x", 2.0, 1.0) == 1 and finish("B0", "x", 0.5, 1.0) == 0
+    assert finish("B0", "x", 2.0, 1.0, quick=True) == 0  # --quick checks the script, not the target
+    assert finish("B0", "x", 0.5, 1.0, higher_is_better=True) == 1
