@@ -21,7 +21,7 @@ from fgssl.data.sources import Splits
 from fgssl.model import FGSSLNet, build_model
 from fgssl.privacy.node import private_round, record_unprotected_round
 from fgssl.rundir import RunDir, load_weights
-from fgssl.train import evaluate, train_local
+from fgssl.train import evaluate, resolve_device, train_local
 from strategies.groups import keys_matching
 from strategies.wire import encode
 
@@ -140,8 +140,12 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
     else:
         record_unprotected_round(state_dir, cfg, run_id=str(round_cfg.get("run_id", "run")), rnd=rnd, phase=phase)
         gen = torch.Generator().manual_seed(site_seed(int(round_cfg["seed"]), site, rnd))
-        result = train_local(model, data, phase, cfg, epochs=epochs, max_batches=max_batches,
-                             progress=progress, generator=gen)
+        # On the site's GPU where it has one (train.device); DP-SGD rounds above stay on the CPU, where their
+        # per-sample clipping and noise are tested.
+        device = resolve_device(cfg.train.device)
+        result = train_local(model.to(device), data, phase, cfg, epochs=epochs, max_batches=max_batches,
+                             progress=progress, generator=gen, device=device)
+        model.to("cpu", memory_format=torch.contiguous_format)
         info = {"num_examples": result.num_examples, "batches": result.batches, **result.losses}
     save_local_groups(state_dir, rnd, model, cfg.federation.local_groups)
     state = model.state_dict()
@@ -160,6 +164,7 @@ def evaluate_global(cfg: Config, sites: SiteProvider, site: int, received: Named
     torch.set_num_threads(cfg.simulation.client_cpus)
     splits, state = sites.splits(site), sites.state_dir(site)
     model = _model_with(cfg, splits.train.num_classes, received, load_local_groups(state, rnd + 1))
+    model.to(resolve_device(cfg.train.device))
     metrics = {"val": evaluate(model, splits.val) if len(splits.val) else None,
                "test": evaluate(model, splits.test) if len(splits.test) else None}
     if not cfg.privacy.evaluation_stays_at_sites:

@@ -204,6 +204,10 @@ class TrainConfig:
     select_metric: Literal["balanced_accuracy", "accuracy", "macro_f1", "last"] = "balanced_accuracy"
     select_above_majority: bool = True
     device: str = "auto"
+    # Arithmetic of the forward passes: 'bfloat16' (autocast; weights, gradients and losses stay float32), 'float32',
+    # or 'auto' (bfloat16 on a GPU that supports it, float32 on the CPU and always under sample-level DP, whose
+    # per-sample gradient norms are only tested in float32).
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     # Torch intra-op threads; null = torch's default.
     threads: int | None = None
     # Parts kept at their initial weights (model.weights, e.g. public pretraining): they neither train nor travel.
@@ -415,10 +419,15 @@ class SimulationConfig:
     total_cpus: int | None = None
     # Address of an existing Ray cluster to attach to (e.g. "10.0.0.5:6379"); null = start a local one.
     ray_address: str | None = None
+    # The share of a GPU each virtual site's client gets (0.25: four sites train on one GPU at once); 0 = none.
+    # With a share, set train.device: auto (or cuda) so that the sites' training uses it.
+    client_gpus: float = 0.0
     faults: tuple[FaultConfig, ...] = ()
 
     def validate(self, p: str) -> None:
         _require(self.client_cpus >= 1, f"{p}.client_cpus", f"must be >= 1, got {self.client_cpus}")
+        _require(0 <= self.client_gpus <= 1 or float(self.client_gpus).is_integer(), f"{p}.client_gpus",
+                 f"must be a share in [0, 1] or a whole number of GPUs, got {self.client_gpus}")
         _require(self.total_cpus is None or self.total_cpus >= self.client_cpus, f"{p}.total_cpus",
                  f"must be >= simulation.client_cpus ({self.client_cpus})")
         for i, f in enumerate(self.faults):
@@ -525,6 +534,9 @@ class Config:
                      "must be 'group' under differential privacy (BatchNorm mixes samples; Opacus rejects it), or "
                      "'batch' only for a frozen backbone and blocks (train.frozen: [backbone, blocks]) with "
                      "model.head_norm: group")
+        _require(self.privacy.mode != "sample" or self.train.precision != "bfloat16", "train.precision",
+                 "must be 'float32' or 'auto' under sample-level DP (DP-SGD's per-sample clipping is only tested in "
+                 "float32)")
         if self.privacy.mode == "client":
             _require(self.model.norm == "group" and self.model.head_norm in (None, "group"), "model.norm",
                      "must be 'group' under client-level privacy (the noise would land on BatchNorm's running "

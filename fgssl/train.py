@@ -33,6 +33,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The dtype of the forward passes under autocast, or None for plain float32 (train.precision)."""
+    if cfg.train.precision == "bfloat16":
+        return torch.bfloat16
+    if cfg.train.precision == "auto" and device.type == "cuda" and cfg.privacy.mode != "sample":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return None
+
+
+def _autocast(cfg: Config, device: torch.device) -> torch.autocast:
+    dtype = autocast_dtype(cfg, device)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def make_optimizer(model: FGSSLNet, cfg: Config, phase: str) -> torch.optim.SGD:
     """SGD with the backbone at `lr_backbone` and new layers at `lr_new`; the SSL stage leaves classifiers alone."""
     backbone, new = model.parameter_groups()
@@ -86,9 +100,11 @@ def ssl_batch(model: FGSSLNet, v1: Tensor, v2: Tensor, cfg: Config, optimizer: t
     lam, variant = cfg.loss.bt_lambda, cfg.loss.bt_variant
     losses = []
     for step in progressive_steps(cfg):
-        z1 = model(step.view(v1, generator), (step.branch,), with_logits=False).embeddings[step.branch]
-        z2 = model(v2, (step.branch,), with_logits=False).embeddings[step.branch]
-        losses.append(_step(optimizer, step.weight * barlow_twins_loss(z1, z2, lam, variant)))
+        with _autocast(cfg, v1.device):
+            z1 = model(step.view(v1, generator), (step.branch,), with_logits=False).embeddings[step.branch]
+            z2 = model(v2, (step.branch,), with_logits=False).embeddings[step.branch]
+        # the cross-correlation in float32: bfloat16's 8-bit significand would blur its off-diagonal terms
+        losses.append(_step(optimizer, step.weight * barlow_twins_loss(z1.float(), z2.float(), lam, variant)))
     return losses
 
 
@@ -97,8 +113,9 @@ def finetune_batch(model: FGSSLNet, view: Tensor, y: Tensor, cfg: Config, optimi
     """One step per progressive step: weight·CE(cls_b(step view of x), y) (jigsaw branches, then concat)."""
     losses = []
     for step in progressive_steps(cfg):
-        logits = model(step.view(view, generator), (step.branch,)).logits[step.branch]
-        losses.append(_step(optimizer, step.weight * F.cross_entropy(logits, y, weight=class_weights)))
+        with _autocast(cfg, view.device):
+            logits = model(step.view(view, generator), (step.branch,)).logits[step.branch]
+        losses.append(_step(optimizer, step.weight * F.cross_entropy(logits.float(), y, weight=class_weights)))
     return losses
 
 
@@ -128,6 +145,9 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
         raise ValueError(f"{len(data)} training examples is too few for one batch of the '{phase}' phase")
     optimizer = make_optimizer(model, cfg, phase)
     train_mode(model, cfg)
+    gpu = device.type == "cuda"
+    if gpu:  # NHWC convolutions are cuDNN's fast path; the values are the same
+        model.to(memory_format=torch.channels_last)
     weights = None
     if phase == "finetune" and cfg.train.class_balance == "loss":
         weights = class_weights(data.labels, data.num_classes, cfg.train.class_weight_power).to(device)
@@ -142,7 +162,9 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
             if xb.shape[0] < 2:
                 continue
             set_learning_rate(optimizer, cfg, progress, done, total)
-            x = to_float(xb, device)
+            x = to_float(xb.pin_memory() if gpu else xb, device)  # pinned: the copy overlaps the last step
+            if gpu:
+                x = x.contiguous(memory_format=torch.channels_last)
             if phase == "ssl":
                 losses = ssl_batch(model, random_view(x, generator), random_view(x, generator), cfg, optimizer,
                                    generator)

@@ -34,7 +34,13 @@ def backend_config(cfg: Config) -> dict[str, Any]:
         init["address"] = "local"
         init["num_cpus"] = sim.total_cpus or os.cpu_count() or 1
         init["include_dashboard"] = False
-    return {"client_resources": {"num_cpus": sim.client_cpus, "num_gpus": 0.0}, "init_args": init}
+        if sim.client_gpus > 0:
+            import torch
+
+            if not torch.cuda.is_available():  # Ray would wait forever for a GPU to schedule the sites on
+                raise ConfigError("simulation.client_gpus", f"asks for {sim.client_gpus:g} GPU per site, but this "
+                                  "machine has no GPU that torch can see (set it to 0)")
+    return {"client_resources": {"num_cpus": sim.client_cpus, "num_gpus": float(sim.client_gpus)}, "init_args": init}
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:

@@ -239,3 +239,39 @@ def test_frozen_parts_do_not_train_and_do_not_travel():
     assert sent and all(k.startswith(("heads.", "classifiers.")) for k in sent)
     with pytest.raises(ConfigError, match="train.frozen"):
         small_cfg(train__frozen=["heads"])
+
+
+def test_bfloat16_precision_trains_under_autocast_and_float32_stays_exact():
+    from fgssl.train import autocast_dtype
+
+    x, y = _fixed_batch()
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        cfg = small_cfg(model__norm="group", train__precision=precision)
+        model = build_model(cfg.model, 3)
+        losses = finetune_batch(model, x, y, cfg, make_optimizer(model, cfg, "finetune"), torch.Generator().manual_seed(1))
+        assert all(torch.isfinite(torch.tensor(losses))) and all(p.dtype == torch.float32 for p in model.parameters())
+        results[precision] = losses
+    # autocast did run in bfloat16 (its 8-bit significand changes the losses), and only when asked
+    assert results["float32"] != results["bfloat16"]
+    assert abs(results["float32"][0] - results["bfloat16"][0]) < 0.05 * abs(results["float32"][0])
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(small_cfg(), cpu) is None  # auto: float32 on the CPU
+    assert autocast_dtype(small_cfg(train__precision="bfloat16"), cpu) == torch.bfloat16
+    dp = small_cfg(model__norm="group", privacy__mode="sample")
+    assert autocast_dtype(dp, gpu) is None  # auto never autocasts DP-SGD, not even on a GPU
+    with pytest.raises(ConfigError, match="train.precision"):
+        small_cfg(model__norm="group", privacy__mode="sample", train__precision="bfloat16")
+
+
+def test_a_gpu_share_per_site_without_a_gpu_is_a_clear_error():
+    from simulations.run import backend_config
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert backend_config(small_cfg())["client_resources"]["num_gpus"] == 0.0
+    with pytest.raises(ConfigError, match="simulation.client_gpus.*no GPU"):
+        backend_config(small_cfg(simulation__client_gpus=0.25))
+    with pytest.raises(ConfigError, match="simulation.client_gpus"):
+        small_cfg(simulation__client_gpus=1.5)
