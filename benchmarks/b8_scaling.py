@@ -11,6 +11,7 @@ term, e.g. every site evaluating every site, bends it), and peak memory at the m
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import threading
@@ -51,9 +52,7 @@ class PeakMemory(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.done, self.peak_kib = threading.Event(), 0
-        import os
-        self.me = os.getpid()
+        self.done, self.peak_kib, self.me = threading.Event(), 0, os.getpid()
 
     def run(self) -> None:
         while not self.done.wait(1.0):

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override one config value, e.g. --set federation.sites=3 (repeatable)")
     p.add_argument("--out", help="run directory to write (default: runs/<timestamp>-serve)")
     p.add_argument("--seed", type=int, help="random seed (overrides the config's seed)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run whose coordinator stopped or crashed, from its last checkpoint, with its saved "
+                        "config (the hospitals' `fgssl node` commands stay as they are)")
     p.add_argument("--quiet", action="store_true", help="print only this command's own lines, not Flower's stream")
     p.add_argument("--app", metavar="DIR", help="the Flower app folder (default: this project's source folder)")
     p.add_argument("--start-timeout", type=float, default=60.0, metavar="S",

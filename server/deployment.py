@@ -21,6 +21,7 @@ from .app import FederatedRun, wait_for_sites
 # Run-config keys `fgssl serve` sets (defaults in pyproject.toml's [tool.flwr.app.config]).
 DEPLOYMENT_KEY = "deployment"
 RESOLVED_CONFIG_KEY = "resolved-config"
+RESUME_KEY = "resume"
 
 
 def config_to_run_value(cfg: Config) -> str:
@@ -28,13 +29,14 @@ def config_to_run_value(cfg: Config) -> str:
     return json.dumps(cfg.to_dict(), separators=(",", ":"))
 
 
-def run_deployment(grid: Grid, cfg: Config, run_dir: RunDir, say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_deployment(grid: Grid, cfg: Config, run_dir: RunDir, say: Callable[[str], None] = print, *,
+                   resume: bool = False) -> dict[str, Any]:
     class_names = list(class_names_of(cfg.data))
     fed = cfg.federation
     say(f"waiting up to {fed.round_timeout_s:.0f} s for {fed.sites} SuperNodes (federation.sites) to connect")
     nodes = wait_for_sites(grid, fed.sites, timeout=fed.round_timeout_s)
     say(f"{len(nodes)} sites connected: {', '.join(f'site {s} = node {n}' for s, n in nodes.items())}")
-    summary = FederatedRun(cfg, run_dir, grid, nodes, class_names, None, say).run(resume=False)
+    summary = FederatedRun(cfg, run_dir, grid, nodes, class_names, None, say).run(resume=resume)
     summary["command"] = "serve"
     run_dir.write_summary(summary)
     return summary

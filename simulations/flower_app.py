@@ -26,7 +26,7 @@ from client.site import SiteProvider
 from fgssl.config import Config, config_from_dict, load_config
 from fgssl.rundir import RunDir
 from server.app import FederatedRun, wait_for_sites
-from server.deployment import DEPLOYMENT_KEY, RESOLVED_CONFIG_KEY, run_deployment
+from server.deployment import DEPLOYMENT_KEY, RESOLVED_CONFIG_KEY, RESUME_KEY, run_deployment
 
 from .partition import compute_partition
 from .sites import SimulatedSites, build_sites
@@ -81,7 +81,8 @@ server_app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     if context.run_config.get(DEPLOYMENT_KEY):
         cfg = _deployed_config(context)
-        run_deployment(grid, cfg, RunDir(str(context.run_config.get("run-dir", "runs/flwr-run"))), print)
+        run_deployment(grid, cfg, RunDir(str(context.run_config.get("run-dir", "runs/flwr-run"))), print,
+                       resume=bool(context.run_config.get(RESUME_KEY, False)))
         return
     cfg, _ = _simulated(context)
     run_dir = RunDir(str(context.run_config.get("run-dir", "runs/flwr-run")))

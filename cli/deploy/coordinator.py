@@ -17,7 +17,7 @@ from typing import Callable
 
 from fgssl.config import Config, ConfigError, load_config
 from fgssl.data.classes import class_names_of
-from fgssl.rundir import SUMMARY, RunDir, default_run_dir
+from fgssl.rundir import CONFIG, SUMMARY, RunDir, default_run_dir
 from server.deployment import config_to_run_value
 from simulations import DEFAULT_CONFIG
 
@@ -27,6 +27,7 @@ from cli.deploy.federation import (DeployError, ServerCerts, find_public_keys, f
                                    write_connection, write_run_config)
 from cli.deploy.processes import Child, ChildExited, become_subreaper, stop_all, stop_on_signals, tail, wait_for_port
 
+SUPERLINK_DB = "superlink.sqlite3"  # the SuperLink's state, kept for a resumed coordinator
 TABLE = ["site", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "epsilon"]
 # Real datasets live on the hospitals: the coordinator's config names the dataset (for its classes) but no folder.
 NODE_DATA = {"data": {"root": "(each node's --root)", "csv": "(each node's --csv)"}}
@@ -52,9 +53,30 @@ def app_folder(args: argparse.Namespace) -> Path:
     return app
 
 
+def resumed_run(args: argparse.Namespace) -> tuple[RunDir, Config]:
+    """The run directory `--resume` names and its saved config; a clear error when it is not a run to continue."""
+    saved = Path(args.resume).expanduser().resolve() / CONFIG
+    if not saved.is_file():
+        raise ConfigError("--resume", f"{saved} not found: is {args.resume} the run directory of an earlier "
+                          "`fgssl serve`?")
+    if args.config or args.overrides or args.seed is not None or args.out:
+        raise ConfigError("--resume", "a resumed run keeps its saved config and folder; drop --config/--set/--seed/--out")
+    try:
+        cfg = load_config(saved)
+    except ConfigError as e:
+        if e.key not in ("data.root", "data.csv"):
+            raise
+        cfg = load_config(saved, base=NODE_DATA)
+    return RunDir(saved.parent), cfg
+
+
 def serve(args: argparse.Namespace) -> int:
     """`fgssl serve` from its parsed arguments; the exit code."""
-    cfg = resolve_federation_config(args)
+    resume = bool(getattr(args, "resume", None))
+    if resume:
+        run_dir, cfg = resumed_run(args)
+    else:
+        cfg = resolve_federation_config(args)
     class_names_of(cfg.data)  # the server's only knowledge of the data: fail now, not after the SuperLink started
     certs_dir = Path(args.certs).expanduser().resolve()
     certs = ServerCerts.from_dir(certs_dir)
@@ -65,8 +87,10 @@ def serve(args: argparse.Namespace) -> int:
     app = app_folder(args)
     local = join_address(local_host_for(certs.hosts(), host), port)
 
-    run_dir = RunDir(Path(args.out or default_run_dir("serve")).resolve())
-    run_dir.write_config(cfg)
+    if not resume:
+        run_dir = RunDir(Path(args.out or default_run_dir("serve")).resolve())
+        run_dir.write_config(cfg)
+        (run_dir.path / SUPERLINK_DB).unlink(missing_ok=True)  # a new run: no nodes, runs or messages of an old one
     say = functools.partial(print, flush=True)  # progress must reach a pipe or log file at once
 
     def stream(line: str) -> None:
@@ -80,11 +104,12 @@ def serve(args: argparse.Namespace) -> int:
     superlink: Child | None = None
     runner: Child | None = None
     ready = Path(args.ready_file).expanduser().resolve() if args.ready_file else None
-    say(f"fgssl serve: writing to {run_dir.path}")
+    say(f"fgssl serve: {'resuming' if resume else 'writing to'} {run_dir.path}")
     try:
         say(f"fgssl serve: starting the SuperLink on {join_address(host, port)} (TLS with {certs.cert.name}, "
             f"SuperNode authentication on); log: {run_dir.path / 'superlink.log'}")
-        superlink = Child("the SuperLink", superlink_command(certs, host, port), run_dir.path / "superlink.log",
+        superlink = Child("the SuperLink", superlink_command(certs, host, port, run_dir.path / SUPERLINK_DB),
+                          run_dir.path / "superlink.log",
                           env=env)
         try:
             wait_for_port(local.rsplit(":", 1)[0].strip("[]"), port, superlink, args.start_timeout)
@@ -97,12 +122,13 @@ def serve(args: argparse.Namespace) -> int:
         registered = register_keys(keys, env)
         say(f"fgssl serve: registered {len(registered)} SuperNode public key{'s' * (len(registered) != 1)}:")
         for key, node_id in registered.items():
-            say(f"  {key}  (Flower node {node_id})")
+            say(f"  {key}  ({node_id if not node_id.isdigit() else f'Flower node {node_id}'})")
 
         run_config = write_run_config(run_dir.path / "run-config.toml", {
             "deployment": True, "resolved-config": config_to_run_value(cfg), "run-dir": str(run_dir.path),
-            "config": str(Path(args.config).resolve()) if args.config else "",
-            "overrides": ";".join(args.overrides)})
+            "resume": resume,
+            "config": str(Path(args.config).resolve()) if args.config and not resume else "",
+            "overrides": "" if resume else ";".join(args.overrides)})
         say(f"fgssl serve: launching the app from {app} (flwr run; log: {run_dir.path / 'flwr-run.log'}); waiting "
             f"for {cfg.federation.sites} hospitals, each started with:")
         say(f"  fgssl node --superlink <this host>:{port} --ca {certs.ca_cert} "

@@ -146,10 +146,12 @@ def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def superlink_command(certs: ServerCerts, host: str, port: int) -> list[str]:
+def superlink_command(certs: ServerCerts, host: str, port: int, database: Path) -> list[str]:
+    """`database`: the SuperLink's state (registered nodes, runs, messages) in SQLite, so that a coordinator started
+    again (`fgssl serve --resume`) knows the hospitals' SuperNodes, which then carry on without a restart."""
     return [flower_tool("flower-superlink"), "--enable-supernode-auth",
             "--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.cert),
-            "--ssl-keyfile", str(certs.key), "--host", host, "--port", str(port)]
+            "--ssl-keyfile", str(certs.key), "--host", host, "--port", str(port), "--database", str(database)]
 
 
 def write_connection(flwr_home: Path, address: str, ca_cert: Path, name: str = CONNECTION) -> Path:
@@ -181,6 +183,8 @@ def register_keys(keys: Sequence[Path], env: dict[str, str], workers: int = 4) -
                               text=True, timeout=120)
         out = proc.stdout + proc.stderr
         m = re.search(r"SuperNode (\d+) registered", out)
+        if proc.returncode != 0 and "already in use" in out:  # a resumed coordinator's SuperLink keeps its keys
+            return key, "registered before"
         if proc.returncode != 0 or not m:
             reason = " ".join(line.strip() for line in out.strip().splitlines()[-3:])
             raise DeployError(f"registering the public key {key} failed: {reason}")

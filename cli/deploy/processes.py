@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_PDEATHSIG = 1
 
 
 class ChildExited(RuntimeError):
@@ -68,6 +69,15 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the command that started it dies, even by SIGKILL (which runs no
+    clean-up), so a killed `fgssl serve` or `fgssl node` leaves no SuperLink or SuperNode holding its port."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Child:
     """One started process; its output goes to `log_path`, line by line through `on_line` when one is given."""
 
@@ -78,7 +88,7 @@ class Child:
         self._log = open(log_path, "a", encoding="utf-8")
         self.popen = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
-                                      text=True, errors="replace", bufsize=1)
+                                      text=True, errors="replace", bufsize=1, preexec_fn=_die_with_parent)
         self._reader = threading.Thread(target=self._pump, args=(on_line,), name=f"{name}-output", daemon=True)
         self._reader.start()
 
