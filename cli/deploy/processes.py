@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -22,7 +23,6 @@ from typing import Callable, Sequence
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PR_SET_CHILD_SUBREAPER = 36
-_PR_SET_PDEATHSIG = 1
 
 
 class ChildExited(RuntimeError):
@@ -69,13 +69,22 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the command that started it dies, even by SIGKILL (which runs no
-    clean-up), so a killed `fgssl serve` or `fgssl node` leaves no SuperLink or SuperNode holding its port."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+# Run in the child before it becomes the command: SIGTERM when the process that started it dies, even by SIGKILL
+# (which runs no clean-up), so a killed `fgssl serve` or `fgssl node` leaves no SuperLink or SuperNode holding its
+# port. A separate exec, not Popen's preexec_fn: that makes Python fork with its at-fork hooks, and a Ctrl-C that
+# lands in one of those is swallowed ("Exception ignored"), so the command would not stop.
+_DIE_WITH_PARENT = ("import ctypes, os, signal, sys\n"
+                    "ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG\n"
+                    "if os.getppid() != int(sys.argv[1]):\n"
+                    "    sys.exit(1)  # the parent was already gone before the signal was armed\n"
+                    "os.execvp(sys.argv[2], sys.argv[2:])\n")
+
+
+def die_with_parent(cmd: Sequence[str]) -> list[str]:
+    """`cmd`, started so that it gets SIGTERM when this process dies (Linux; elsewhere `cmd` as it is)."""
+    if not sys.platform.startswith("linux"):
+        return list(cmd)
+    return [sys.executable, "-I", "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
 
 
 class Child:
@@ -86,9 +95,9 @@ class Child:
         self.name, self.log_path = name, log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "a", encoding="utf-8")
-        self.popen = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        self.popen = subprocess.Popen(die_with_parent(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
-                                      text=True, errors="replace", bufsize=1, preexec_fn=_die_with_parent)
+                                      text=True, errors="replace", bufsize=1)
         self._reader = threading.Thread(target=self._pump, args=(on_line,), name=f"{name}-output", daemon=True)
         self._reader.start()
 
