@@ -4,7 +4,7 @@ Each trial runs `fgssl serve` and four `fgssl node` hospitals (the tests' tiny m
 min_nodes 2) and SIGKILLs one process chosen at random: the coordinator (`fgssl serve`), a hospital's SuperNode, a
 hospital's ClientApp launcher, or a training task (a ClientApp fork), at a moment drawn uniformly from the run's
 expected length. Restarts are what a supervisor (systemd's Restart=on-failure) or an operator does: the coordinator
-with `fgssl serve --resume RUN_DIR`, a hospital whose `fgssl node` stopped with the same `fgssl node` command; a
+with `fgssl serve --resume RUN_DIR` (started `--durable`, so the hospitals' SuperNodes stay connected), a hospital whose `fgssl node` stopped with the same `fgssl node` command; a
 killed task needs none. Trial 0 kills nothing and gives the time a run takes.
 
 After each trial it checks: the run finished (exit 0, summary.json); every round is in metrics.jsonl once per site;
@@ -125,7 +125,8 @@ def trial(k: int, kind: str | None, moment: float, out: Path) -> dict[str, objec
     config = tmp / "config.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
     port, run_dir = free_port(), tmp / "run"
-    serve_args = ["cli.main", "serve", "--certs", str(certs.out), "--address", f"127.0.0.1:{port}", "--quiet"]
+    serve_args = ["cli.main", "serve", "--certs", str(certs.out), "--address", f"127.0.0.1:{port}", "--quiet",
+                  "--durable"]
     states = [tmp / f"state{i}" for i in range(SITES)]
 
     def node_args(i: int) -> list[str]:

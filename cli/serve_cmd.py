@@ -17,6 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override one config value, e.g. --set federation.sites=3 (repeatable)")
     p.add_argument("--out", help="run directory to write (default: runs/<timestamp>-serve)")
     p.add_argument("--seed", type=int, help="random seed (overrides the config's seed)")
+    p.add_argument("--durable", action="store_true",
+                   help="keep the SuperLink's state (registered nodes, runs, messages) in RUN_DIR/superlink.sqlite3, "
+                        "so that after a crash `--resume` carries on with the hospitals' SuperNodes still connected "
+                        "(costs disk and time every round: the messages go through SQLite)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run whose coordinator stopped or crashed, from its last checkpoint, with its saved "
                         "config (the hospitals' `fgssl node` commands stay as they are)")

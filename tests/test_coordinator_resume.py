@@ -1,5 +1,6 @@
 """A coordinator SIGKILLed mid-run takes its SuperLink with it, and `fgssl serve --resume` finishes the run with the
-same hospitals: every round once or redone, and no hospital's ledger below what it released. Its own file, so that
+same hospitals (`--durable`: the SuperLink's state survives in the run directory): every round once or redone, and
+no hospital's ledger below what it released. Its own file, so that
 the suite's two workers can run it beside the other deployment tests."""
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def test_a_killed_coordinator_leaves_no_superlink_and_resumes_the_run(tmp_path):
         "privacy": {"mode": "sample"}})))
     port, run_dir = _free_port(), tmp_path / "run"
     serve_args = ["--certs", str(certs.out), "--address", f"127.0.0.1:{port}"]
-    serve = Proc([*FGSSL, "serve", *serve_args, "--config", str(config), "--out", str(run_dir), "--quiet"],
+    serve = Proc([*FGSSL, "serve", *serve_args, "--durable", "--config", str(config), "--out", str(run_dir), "--quiet"],
                  tmp_path / "serve.out", env)
     nodes, resumed = [], None
     try:

@@ -104,11 +104,15 @@ def serve(args: argparse.Namespace) -> int:
     superlink: Child | None = None
     runner: Child | None = None
     ready = Path(args.ready_file).expanduser().resolve() if args.ready_file else None
-    say(f"fgssl serve: {'resuming' if resume else 'writing to'} {run_dir.path}")
+    # A resumed run keeps the state its first coordinator kept; without it the hospitals restart `fgssl node`.
+    database = run_dir.path / SUPERLINK_DB
+    database = database if args.durable or (resume and database.exists()) else None
+    say(f"fgssl serve: {'resuming' if resume else 'writing to'} {run_dir.path}"
+        + (f" (SuperLink state in {database.name})" if database else ""))
     try:
         say(f"fgssl serve: starting the SuperLink on {join_address(host, port)} (TLS with {certs.cert.name}, "
             f"SuperNode authentication on); log: {run_dir.path / 'superlink.log'}")
-        superlink = Child("the SuperLink", superlink_command(certs, host, port, run_dir.path / SUPERLINK_DB),
+        superlink = Child("the SuperLink", superlink_command(certs, host, port, database),
                           run_dir.path / "superlink.log",
                           env=env)
         try:

@@ -146,12 +146,13 @@ def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def superlink_command(certs: ServerCerts, host: str, port: int, database: Path) -> list[str]:
-    """`database`: the SuperLink's state (registered nodes, runs, messages) in SQLite, so that a coordinator started
-    again (`fgssl serve --resume`) knows the hospitals' SuperNodes, which then carry on without a restart."""
+def superlink_command(certs: ServerCerts, host: str, port: int, database: Path | None = None) -> list[str]:
+    """`database`: the SuperLink's state (registered nodes, runs, messages) in SQLite instead of memory, so that a
+    coordinator started again (`fgssl serve --resume`) knows the hospitals' SuperNodes, which then carry on."""
     return [flower_tool("flower-superlink"), "--enable-supernode-auth",
             "--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.cert),
-            "--ssl-keyfile", str(certs.key), "--host", host, "--port", str(port), "--database", str(database)]
+            "--ssl-keyfile", str(certs.key), "--host", host, "--port", str(port),
+            *(["--database", str(database)] if database else [])]
 
 
 def write_connection(flwr_home: Path, address: str, ca_cert: Path, name: str = CONNECTION) -> Path:
