@@ -20,22 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import finish, median, parser, run_cli, tiny_config
+from tests._procs import descendants, proc_table
 
 TARGET_R2, TARGET_MEMORY = 0.95, 1.5
 
 
 def _tree_pss_kib(root: int) -> int:
-    parent: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                text = (d / "stat").read_text()
-            except OSError:
-                continue
-            parent[int(d.name)] = int(text[text.rfind(")") + 2:].split()[1])
-    tree = {root}
-    while kids := {p for p, pp in parent.items() if pp in tree} - tree:
-        tree |= kids
+    tree = descendants({root}, proc_table())
     total = 0
     for pid in tree:
         try:

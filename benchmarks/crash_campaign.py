@@ -39,6 +39,7 @@ from benchmarks.common import REPO, finish, parser
 from cli.deploy.certs import generate
 from cli.deploy.processes import free_port
 from fgssl.privacy.ledger import DEFAULT_FILENAME, PrivacyLedger
+from tests._procs import pids_mentioning, proc_table
 from tests.conftest import TINY, merge
 
 KINDS = ("coordinator", "supernode", "launcher", "task")
@@ -61,28 +62,7 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def _children(pid: int) -> list[int]:
-    kids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                text = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(text[text.rfind(")") + 2:].split()[1]) == pid:
-                kids.append(int(d.name))
-    return kids
-
-
-def _mentioning(fragment: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if fragment in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    out.append(int(d.name))
-            except OSError:
-                pass
-    return out
+    return [p for p, row in proc_table().items() if row.parent == pid]
 
 
 class Released(threading.Thread):
@@ -182,7 +162,7 @@ def trial(k: int, kind: str | None, moment: float, out: Path) -> dict[str, objec
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         time.sleep(1.0)
-        orphans = _mentioning(str(tmp))
+        orphans = pids_mentioning(str(tmp))
         for pid in orphans:
             try:
                 os.kill(pid, signal.SIGKILL)

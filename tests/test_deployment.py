@@ -25,6 +25,7 @@ import yaml
 
 from cli.deploy.certs import generate
 
+from ._procs import pids_mentioning
 from .conftest import REPO, TINY, merge
 
 FGSSL = [sys.executable, "-m", "cli.main"]
@@ -82,16 +83,7 @@ class Proc:
         self._file.close()
 
 
-def _pids_mentioning(fragment: str) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if fragment in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(d.name))
-            except OSError:
-                pass
-    return pids
+_pids_mentioning = pids_mentioning
 
 
 def _kill_leftovers(fragment: str) -> list[int]:

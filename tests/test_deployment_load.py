@@ -17,6 +17,7 @@ import yaml
 
 from cli.deploy.certs import generate
 
+from ._procs import descendants, proc_table
 from .conftest import TINY, merge
 from .test_deployment import FGSSL, Proc, _env, _free_port, _kill_leftovers
 
@@ -44,21 +45,10 @@ class TreeMemory(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(1.0):
-            parent, kind, ticks = {}, {}, {}
-            for d in Path("/proc").iterdir():
-                if d.name.isdigit():
-                    try:
-                        text = (d / "stat").read_text()
-                    except OSError:
-                        continue
-                    fields = text[text.rfind(")") + 2:].split()
-                    if fields[0] != "Z":  # zombies hold no memory
-                        parent[int(d.name)] = int(fields[1])
-                        kind[int(d.name)] = text[text.find("(") + 1:text.rfind(")")]
-                        ticks[int(d.name)] = int(fields[11]) + int(fields[12])
-            tree = set(self.roots) & set(parent)
-            while kids := {p for p, pp in parent.items() if pp in tree} - tree:
-                tree |= kids
+            table = {pid: row for pid, row in proc_table().items() if row.state != "Z"}
+            tree = descendants(self.roots, table)
+            kind = {pid: row.name for pid, row in table.items()}
+            ticks = {pid: row.ticks for pid, row in table.items()}
             rss = pss = 0
             pss_by: dict[str, int] = {}
             count_by: dict[str, int] = {}

@@ -1,0 +1,49 @@
+"""The process table as /proc shows it, for tests and benchmarks that watch what a federation started."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+
+class Proc(NamedTuple):
+    parent: int
+    state: str  # "Z": a zombie, which holds no memory
+    name: str
+    ticks: int  # user + system CPU time
+
+
+def proc_table() -> dict[int, Proc]:
+    table = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                text = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rfind(")") + 2:].split()
+            table[int(d.name)] = Proc(int(fields[1]), fields[0], text[text.find("(") + 1:text.rfind(")")],
+                                      int(fields[11]) + int(fields[12]))
+    return table
+
+
+def descendants(roots: set[int], table: dict[int, Proc]) -> set[int]:
+    """`roots` that are alive and everything below them."""
+    tree = set(roots) & set(table)
+    while kids := {p for p, row in table.items() if row.parent in tree} - tree:
+        tree |= kids
+    return tree
+
+
+def pids_mentioning(fragment: str) -> list[int]:
+    """Live processes (other than this one) with `fragment` on their command line."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if fragment in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
