@@ -53,23 +53,40 @@ def initial_global(cfg: Config, num_classes: int) -> dict[str, np.ndarray]:
     return {k: v.numpy().copy() for k, v in initial_model(cfg, num_classes).state_dict().items()}
 
 
-def wait_for_sites(grid: Grid, count: int, timeout: float) -> dict[int, int]:
-    """Map site id -> Flower node id (node ids are random per run; site ids are stable)."""
+def wait_for_sites(grid: Grid, count: int, timeout: float, say: Callable[[str], None] | None = None,
+                   poll: float = 1.0) -> dict[int, int]:
+    """Map site id -> Flower node id (node ids are random per run; site ids are stable).
+
+    A node that fails the handshake (it died while connecting: the SuperLink still lists it until its heartbeat
+    times out) is left out and the wait goes on for a live one, e.g. the same hospital started again.
+    """
     deadline = time.time() + timeout
-    while len(ids := list(grid.get_node_ids())) < count:
+    sites: dict[int, int] = {}
+    failed: dict[int, str] = {}
+    while len(sites) < count:
+        ids = [n for n in grid.get_node_ids() if n not in sites.values() and n not in failed]
         if time.time() > deadline:
-            raise TimeoutError(f"only {len(ids)} of {count} sites connected within {timeout:.0f} s")
-        time.sleep(0.1)
-    queries = {i: Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for i, n in enumerate(ids)}
-    sites = {}
-    for r in exchange(grid, queries, timeout=timeout, reask_after=None).replies.values():
-        if r.has_error():
-            raise RuntimeError(f"node {r.metadata.src_node_id} failed the handshake: {r.error.reason}")
-        site = int(r.content["site"]["site"])
-        if site in sites:  # two hospitals with one site id would silently merge into one
-            raise RuntimeError(f"nodes {sites[site]} and {r.metadata.src_node_id} both say they are site {site}; "
-                               "give every node its own site id (fgssl node --site)")
-        sites[site] = r.metadata.src_node_id
+            why = "; ".join(f"node {n}: {r}" for n, r in failed.items())
+            raise TimeoutError(f"only {len(sites)} of {count} sites connected within {timeout:.0f} s"
+                               + (f" (failed the handshake: {why})" if why else ""))
+        if len(sites) + len(ids) < count:
+            time.sleep(0.1)
+            continue
+        queries = {n: Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in ids}
+        got = exchange(grid, queries, timeout=max(1.0, deadline - time.time()), reask_after=None)
+        for node, r in got.replies.items():
+            if r.has_error():
+                failed[node] = r.error.reason
+                if say is not None:
+                    say(f"node {node} failed the handshake ({r.error.reason}); waiting for another")
+                continue
+            site = int(r.content["site"]["site"])
+            if site in sites:  # two hospitals with one site id would silently merge into one
+                raise RuntimeError(f"nodes {sites[site]} and {node} both say they are site {site}; "
+                                   "give every node its own site id (fgssl node --site)")
+            sites[site] = node
+        if len(sites) < count:
+            time.sleep(poll)
     return dict(sorted(sites.items()))
 
 

@@ -34,7 +34,7 @@ def run_deployment(grid: Grid, cfg: Config, run_dir: RunDir, say: Callable[[str]
     class_names = list(class_names_of(cfg.data))
     fed = cfg.federation
     say(f"waiting up to {fed.round_timeout_s:.0f} s for {fed.sites} SuperNodes (federation.sites) to connect")
-    nodes = wait_for_sites(grid, fed.sites, timeout=fed.round_timeout_s)
+    nodes = wait_for_sites(grid, fed.sites, timeout=fed.round_timeout_s, say=say)
     say(f"{len(nodes)} sites connected: {', '.join(f'site {s} = node {n}' for s, n in nodes.items())}")
     summary = FederatedRun(cfg, run_dir, grid, nodes, class_names, None, say).run(resume=resume)
     summary["command"] = "serve"

@@ -81,3 +81,39 @@ def test_a_site_that_never_answers_is_reported_missing_at_the_timeout_with_its_a
     got = exchange(grid, _requests([0, 1]), timeout=1.0, reask_after=0.1, poll=0.02)
     assert 1.0 <= time.monotonic() - t0 < 1.5
     assert set(got.replies) == {0} and 2 <= got.asks[1] <= 4  # at 0.1, 0.3, 0.7 s: doubling
+
+
+class HandshakeGrid:
+    """Nodes 10-12 connect; 11 dies while connecting (its query comes back as an error); 13, the same hospital
+    started again, connects a little later."""
+
+    def __init__(self) -> None:
+        self.t0, self.due = time.monotonic(), {}
+        self.site = {10: 0, 11: 1, 12: 2, 13: 1}
+
+    def get_node_ids(self):
+        return [10, 11, 12] + ([13] if time.monotonic() - self.t0 > 0.3 else [])
+
+    def push_messages(self, messages):
+        ids = []
+        for m in messages:
+            node, mid = m.metadata.dst_node_id, f"m{len(self.due)}"
+            m.metadata.__dict__["_message_id"] = mid
+            reply = (Message(Error(ErrorCode.NODE_UNAVAILABLE, "no heartbeat"), reply_to=m) if node == 11 else
+                     Message(RecordDict({"site": ConfigRecord({"site": self.site[node]})}), reply_to=m))
+            self.due[mid] = reply
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.due.pop(mid) for mid in ids if mid in self.due]
+
+
+def test_a_node_that_dies_during_the_handshake_is_left_out_and_its_restart_joins():
+    from server.app import wait_for_sites
+
+    said = []
+    assert wait_for_sites(HandshakeGrid(), 3, timeout=10, say=said.append, poll=0.05) == {0: 10, 1: 13, 2: 12}
+    assert said and "node 11 failed the handshake" in said[0]
+    with pytest.raises(TimeoutError, match="only 3 of 4 sites.*failed the handshake: node 11: no heartbeat"):
+        wait_for_sites(HandshakeGrid(), 4, timeout=1, poll=0.05)
