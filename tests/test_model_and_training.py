@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from fgssl.config import Config, ConfigError, config_from_dict
-from fgssl.data.images import ImageSet, to_float
+from fgssl.data.images import ImageSet
 from fgssl.jigsaw import jigsaw
 from fgssl.losses import barlow_twins_loss
 from fgssl.model import BRANCHES, CONCAT, build_model
