@@ -22,18 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, finish, parser, run_cli, tiny_config
+from benchmarks.common import REPO, finish, parser, process_env, run_cli, tiny_config
 from cli.deploy.certs import generate
 from cli.deploy.processes import free_port
 
 TARGET = 1.3
 
 BASE = ["model.norm=group", "federation.ssl_rounds=0", "federation.local_epochs=1"]
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(REPO), FLWR_HOME=str(tmp / "flwr-home"), TMPDIR=str(tmp),
-                PYTHONUNBUFFERED="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -51,7 +46,7 @@ def federation(nodes: int, rounds: int, secagg: bool, overrides: list[str], time
     tmp = Path(tempfile.mkdtemp(prefix="fgssl-bench-"))
     try:
         certs = generate(tmp / "certs", nodes=nodes)
-        port, env = free_port(), _env(tmp)
+        port, env = free_port(), process_env(tmp)
         sets = [*BASE, f"federation.sites={nodes}", f"federation.min_nodes={nodes}",
                 f"federation.finetune_rounds={rounds}", f"federation.secure_aggregation={str(secagg).lower()}",
                 *overrides]

@@ -118,6 +118,12 @@ def run_cli(command: str, args: list[str], timeout: float = 3600) -> dict[str, o
             "round_s": [float(e["seconds"]) for e in events if e.get("event") == "round"]}
 
 
+def process_env(tmp: Path) -> dict[str, str]:
+    """The environment of the fgssl/Flower processes a benchmark starts: this checkout, a private Flower home, offline."""
+    return dict(os.environ, PYTHONPATH=str(REPO), FLWR_HOME=str(tmp / "flwr-home"), TMPDIR=str(tmp),
+                PYTHONUNBUFFERED="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0")
+
+
 def tiny_config(path: Path, **sections: dict) -> Path:
     """The test suite's tiny model and data (fixed costs dominate), with `sections` merged in, written to `path`."""
     import yaml

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.common import REPO, finish, parser
+from benchmarks.common import REPO, finish, parser, process_env
 from cli.deploy.certs import generate
 from cli.deploy.processes import free_port
 from fgssl.privacy.ledger import DEFAULT_FILENAME, PrivacyLedger
@@ -48,11 +48,6 @@ CONFIG = merge(TINY, {"federation": {"sites": SITES, "min_nodes": 2, "ssl_rounds
                                      "round_timeout_s": 300, "reask_after_s": 20},
                       "privacy": {"mode": "sample"}})
 ROUNDS = 3
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(REPO), FLWR_HOME=str(tmp / "flwr-home"), TMPDIR=str(tmp),
-                PYTHONUNBUFFERED="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0")
 
 
 def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -76,7 +71,7 @@ class Released(threading.Thread):
     def sample(self) -> None:
         texts = []
         try:
-            texts += [line for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
+            texts += (self.run_dir / "metrics.jsonl").read_text().splitlines()
         except OSError:
             pass
         for site, state in enumerate(self.states):
@@ -100,7 +95,7 @@ class Released(threading.Thread):
 
 def trial(k: int, kind: str | None, moment: float, out: Path) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix=f"crash-{k}-", dir=out))
-    env = _env(tmp)
+    env = process_env(tmp)
     certs = generate(tmp / "certs", nodes=SITES)
     config = tmp / "config.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
