@@ -2,10 +2,13 @@
 
 Each trial runs `fgssl serve` and four `fgssl node` hospitals (the tests' tiny model, sample-level DP, three rounds,
 min_nodes 2) and SIGKILLs one process chosen at random: the coordinator (`fgssl serve`), a hospital's SuperNode, a
-hospital's ClientApp launcher, or a training task (a ClientApp fork), at a moment drawn uniformly from the run's
-expected length. Restarts are what a supervisor (systemd's Restart=on-failure) or an operator does: the coordinator
-with `fgssl serve --resume RUN_DIR` (started `--durable`, so the hospitals' SuperNodes stay connected), a hospital whose `fgssl node` stopped with the same `fgssl node` command; a
-killed task needs none. Trial 0 kills nothing and gives the time a run takes.
+hospital's ClientApp launcher, or a training task (a ClientApp fork), at a moment drawn uniformly from the first
+minute. Restarts are what a supervisor (systemd's Restart=on-failure) or an operator does: the coordinator with
+`fgssl serve --resume RUN_DIR`, a hospital whose `fgssl node` stopped with the same `fgssl node` command; a killed
+task needs none. Only the trials that kill the coordinator start it `--durable` (its SuperLink's state on disk, so
+the hospitals' SuperNodes stay connected across the resume): that is the one kill that needs it, and it makes every
+round about three times slower. Trial 0 kills nothing and gives the time a run takes. The --quick trial (in the
+test suite) is two hospitals, one of whose SuperNodes is killed 10 s in, while the coordinator asks who is there.
 
 After each trial it checks: the run finished (exit 0, summary.json); every round is in metrics.jsonl once per site;
 each hospital's ledger ε is at least the largest ε that hospital ever released (every reply the coordinator logged,
@@ -44,10 +47,13 @@ from tests.conftest import TINY, merge
 
 KINDS = ("coordinator", "supernode", "launcher", "task")
 SITES = 4
-CONFIG = merge(TINY, {"federation": {"sites": SITES, "min_nodes": 2, "ssl_rounds": 1, "finetune_rounds": 2,
-                                     "round_timeout_s": 300, "reask_after_s": 20},
-                      "privacy": {"mode": "sample"}})
 ROUNDS = 3
+
+
+def config(sites: int) -> dict:
+    return merge(TINY, {"federation": {"sites": sites, "min_nodes": 2, "ssl_rounds": 1, "finetune_rounds": 2,
+                                       "round_timeout_s": 300, "reask_after_s": 20},
+                        "privacy": {"mode": "sample"}})
 
 
 def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -93,16 +99,16 @@ class Released(threading.Thread):
             self.sample()
 
 
-def trial(k: int, kind: str | None, moment: float, out: Path) -> dict[str, object]:
+def trial(k: int, kind: str | None, moment: float, out: Path, sites: int = SITES) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix=f"crash-{k}-", dir=out))
     env = process_env(tmp)
-    certs = generate(tmp / "certs", nodes=SITES)
-    config = tmp / "config.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
+    certs = generate(tmp / "certs", nodes=sites)
+    config_file = tmp / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config(sites)))
     port, run_dir = free_port(), tmp / "run"
     serve_args = ["cli.main", "serve", "--certs", str(certs.out), "--address", f"127.0.0.1:{port}", "--quiet",
-                  "--durable"]
-    states = [tmp / f"state{i}" for i in range(SITES)]
+                  *(["--durable"] if kind == "coordinator" else [])]
+    states = [tmp / f"state{i}" for i in range(sites)]
 
     def node_args(i: int) -> list[str]:
         return ["cli.node_cmd", "--superlink", f"127.0.0.1:{port}", "--ca", str(certs.ca_cert), "--key",
@@ -110,18 +116,18 @@ def trial(k: int, kind: str | None, moment: float, out: Path) -> dict[str, objec
                 str(states[i]), "--max-wait-time", "600"]
 
     t0 = time.monotonic()
-    serve = _start([*serve_args, "--config", str(config), "--out", str(run_dir)], tmp / "serve-0.out", env)
-    logs = {"serve": [tmp / "serve-0.out"], **{i: [tmp / f"node{i}-0.out"] for i in range(SITES)}}
+    serve = _start([*serve_args, "--config", str(config_file), "--out", str(run_dir)], tmp / "serve-0.out", env)
+    logs = {"serve": [tmp / "serve-0.out"], **{i: [tmp / f"node{i}-0.out"] for i in range(sites)}}
     nodes: dict[int, subprocess.Popen] = {}
     released = Released(run_dir, states)
     note, restarts, killed_at_round = "", 0, None
     try:
         deadline = time.monotonic() + 120
-        while "registered 4 SuperNode public keys" not in logs["serve"][0].read_text():
+        while f"registered {sites} SuperNode public keys" not in logs["serve"][0].read_text():
             if serve.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"serve did not start: {logs['serve'][0].read_text()[-2000:]}")
             time.sleep(0.3)
-        nodes = {i: _start(node_args(i), logs[i][0], env) for i in range(SITES)}
+        nodes = {i: _start(node_args(i), logs[i][0], env) for i in range(sites)}
         released.start()
         kill_time = time.monotonic() + moment
         finished, deadline = False, time.monotonic() + 900
@@ -164,7 +170,8 @@ def trial(k: int, kind: str | None, moment: float, out: Path) -> dict[str, objec
             except ProcessLookupError:
                 pass
     released.sample()
-    return {"trial": k, "kind": kind, "moment_s": round(moment, 1), "killed": note, "restarts": restarts,
+    return {"trial": k, "kind": kind, "sites": sites, "durable": kind == "coordinator", "moment_s": round(moment, 1),
+            "killed": note, "restarts": restarts,
             "killed_at_round": killed_at_round, "seconds": round(seconds, 1), **_check(run_dir, states, released),
             "finished": finished, "orphans": len(orphans), "dir": str(tmp)}
 
@@ -174,7 +181,7 @@ def _kill(kind: str, serve: subprocess.Popen, nodes: dict[int, subprocess.Popen]
     if kind == "coordinator":
         os.kill(serve.pid, signal.SIGKILL)
         return f"fgssl serve (pid {serve.pid})"
-    site = random.randrange(SITES)
+    site = random.randrange(len(nodes))
     text = logs[site][-1].read_text()
     m = re.search(r"SuperNode started \(pid (\d+)\); ClientApps run in forks of pid (\d+)", text)
     if not m:
@@ -205,7 +212,7 @@ def _check(run_dir: Path, states: list[Path], released: Released) -> dict[str, o
     except OSError:
         records = []
     pairs = [(r["round"], r["site"]) for r in records]
-    expected = {(rnd, str(s)) for rnd in range(1, ROUNDS + 1) for s in range(SITES)}
+    expected = {(rnd, str(s)) for rnd in range(1, ROUNDS + 1) for s in range(len(states))}
     out["rounds_once"] = len(pairs) == len(set(pairs)) and expected <= set(pairs)
     delta = next((r["delta"] for r in records if "delta" in r), 1e-5)
     under = {}
@@ -247,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         if k in done:
             continue
         random.seed(args.seed * 100_003 + k)
-        result = trial(k, kind, moment, args.out)
+        result = trial(k, kind, moment, args.out, sites=2 if args.quick else SITES)
         if not args.keep and result["finished"] and not result["under_counts"] and not result["orphans"]:
             shutil.rmtree(result["dir"], ignore_errors=True)
         done[k] = result

@@ -54,32 +54,37 @@ def initial_global(cfg: Config, num_classes: int) -> dict[str, np.ndarray]:
 
 
 def wait_for_sites(grid: Grid, count: int, timeout: float, say: Callable[[str], None] | None = None,
-                   poll: float = 1.0) -> dict[int, int]:
+                   poll: float = 1.0, retry_after: float = 5.0) -> dict[int, int]:
     """Map site id -> Flower node id (node ids are random per run; site ids are stable).
 
     A node that fails the handshake (it died while connecting: the SuperLink still lists it until its heartbeat
-    times out) is left out and the wait goes on for a live one, e.g. the same hospital started again.
+    times out) is asked again `retry_after` seconds later: with node authentication the same hospital started
+    again comes back under the same node id, without it under a new one.
     """
     deadline = time.time() + timeout
     sites: dict[int, int] = {}
-    failed: dict[int, str] = {}
+    failed: dict[int, tuple[str, float]] = {}  # node -> (reason, when)
     while len(sites) < count:
-        ids = [n for n in grid.get_node_ids() if n not in sites.values() and n not in failed]
-        if time.time() > deadline:
-            why = "; ".join(f"node {n}: {r}" for n, r in failed.items())
+        now = time.time()
+        ids = [n for n in grid.get_node_ids()
+               if n not in sites.values() and (n not in failed or now - failed[n][1] >= retry_after)]
+        if now > deadline:
+            why = "; ".join(f"node {n}: {r}" for n, (r, _) in failed.items())
             raise TimeoutError(f"only {len(sites)} of {count} sites connected within {timeout:.0f} s"
                                + (f" (failed the handshake: {why})" if why else ""))
-        if len(sites) + len(ids) < count:
+        if len(sites) + len(ids) < count and not any(n in failed for n in ids):
             time.sleep(0.1)
             continue
         queries = {n: Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in ids}
         got = exchange(grid, queries, timeout=max(1.0, deadline - time.time()), reask_after=None)
         for node, r in got.replies.items():
             if r.has_error():
-                failed[node] = r.error.reason
-                if say is not None:
-                    say(f"node {node} failed the handshake ({r.error.reason}); waiting for another")
+                if say is not None and node not in failed:
+                    say(f"node {node} failed the handshake ({r.error.reason}); asking it again every "
+                        f"{retry_after:g} s and waiting for the others")
+                failed[node] = (r.error.reason, time.time())
                 continue
+            failed.pop(node, None)
             site = int(r.content["site"]["site"])
             if site in sites:  # two hospitals with one site id would silently merge into one
                 raise RuntimeError(f"nodes {sites[site]} and {node} both say they are site {site}; "

@@ -1,6 +1,7 @@
-"""The crash campaign's quick variant (benchmarks/crash_campaign.py): one real loopback DP federation whose hospital
-SuperNode is SIGKILLed mid-run and restarted as a supervisor would; the run finishes with every round once, no
-ledger below what its site released, finite weights and no process left. The full campaign is opt-in."""
+"""The crash campaign's quick variant (benchmarks/crash_campaign.py): one real loopback DP federation of two
+hospitals, one of whose SuperNodes is SIGKILLed while the coordinator asks who is there, and restarted as a supervisor
+would; the run finishes with every round once, no ledger below what its site released, finite weights and no process
+left. The full campaign is opt-in."""
 
 import json
 import subprocess
@@ -20,4 +21,4 @@ def test_a_killed_supernode_is_restarted_and_the_run_loses_nothing(tmp_path):
     assert trial["killed"].startswith("site ") and "supernode" in trial["killed"], trial
     assert trial["finished"] and trial["rounds_once"] and trial["weights_finite"], trial
     assert trial["under_counts"] == {} and trial["orphans"] == 0 and trial["restarts"] >= 1, trial
-    assert set(trial["released_epsilon"]) == {"0", "1", "2", "3"}, trial
+    assert set(trial["released_epsilon"]) == {"0", "1"} and trial["sites"] == 2 and not trial["durable"], trial

@@ -245,7 +245,28 @@ def test_nodes_stop_cleanly_and_leave_no_process(federation):
     assert "lost the SuperLink" in f.nodes["site0"].text and f.node_codes["site0"] == 1
     for name in ("site1", "site2"):
         assert f.node_codes[name] == 130 and "stopping the SuperNode" in f.nodes[name].text
+        assert not (f.tmp / f"state{name[-1]}" / "connection.json").exists()  # signed off
+    # The SIGKILLed site never signed off: its record says so to the restarted node (see the test below).
+    record = json.loads((f.tmp / "state3" / "connection.json").read_text())
+    assert record["node_id"].isdigit() and record["superlink"].startswith("127.0.0.1:")
     assert f.leftovers == []
+
+
+def test_a_restart_refused_after_a_crash_says_why_not_that_the_key_is_unknown(tmp_path):
+    import argparse
+
+    from cli.deploy.supernodes import CONNECTION_FILE, Site, Watch, _explain
+
+    site = Site(3, tmp_path / "node.key", tmp_path, 0, Watch(verbose=False))
+    site.watch.reasons.append("auth")
+    args = argparse.Namespace(ca=tmp_path / "ca.crt", max_wait_time=60)
+    assert "is not registered" in _explain(site, "10.0.0.1:9092", args, tmp_path / "clientapp.log")
+    (tmp_path / CONNECTION_FILE).write_text(json.dumps({"superlink": "10.0.0.1:9092", "node_id": "77",
+                                                        "connected_at": "2026-12-02T10:00:00+00:00"}))
+    said = _explain(site, "10.0.0.1:9092", args, tmp_path / "clientapp.log")
+    assert "previous SuperNode (Flower node 77" in said and "up to 60 s" in said and "not registered" not in said
+    # A record from another federation says nothing about this one.
+    assert "is not registered" in _explain(site, "10.0.0.2:9092", args, tmp_path / "clientapp.log")
 
 
 @pytest.mark.slow

@@ -85,11 +85,12 @@ def test_a_site_that_never_answers_is_reported_missing_at_the_timeout_with_its_a
 
 class HandshakeGrid:
     """Nodes 10-12 connect; 11 dies while connecting (its query comes back as an error); 13, the same hospital
-    started again, connects a little later."""
+    started again without node authentication, connects a little later under a new id."""
 
     def __init__(self) -> None:
         self.t0, self.due = time.monotonic(), {}
         self.site = {10: 0, 11: 1, 12: 2, 13: 1}
+        self.asked: list[int] = []
 
     def get_node_ids(self):
         return [10, 11, 12] + ([13] if time.monotonic() - self.t0 > 0.3 else [])
@@ -97,9 +98,10 @@ class HandshakeGrid:
     def push_messages(self, messages):
         ids = []
         for m in messages:
-            node, mid = m.metadata.dst_node_id, f"m{len(self.due)}"
+            node, mid = m.metadata.dst_node_id, f"m{len(self.asked)}"
+            self.asked.append(node)
             m.metadata.__dict__["_message_id"] = mid
-            reply = (Message(Error(ErrorCode.NODE_UNAVAILABLE, "no heartbeat"), reply_to=m) if node == 11 else
+            reply = (Message(Error(ErrorCode.NODE_UNAVAILABLE, "no heartbeat"), reply_to=m) if self.dead(node) else
                      Message(RecordDict({"site": ConfigRecord({"site": self.site[node]})}), reply_to=m))
             self.due[mid] = reply
             ids.append(mid)
@@ -107,6 +109,19 @@ class HandshakeGrid:
 
     def pull_messages(self, ids):
         return [self.due.pop(mid) for mid in ids if mid in self.due]
+
+    def dead(self, node: int) -> bool:
+        return node == 11
+
+
+class AuthenticatedHandshakeGrid(HandshakeGrid):
+    """With node authentication a restarted hospital keeps its node id: 11 fails its first query, then answers."""
+
+    def get_node_ids(self):
+        return [10, 11, 12]
+
+    def dead(self, node: int) -> bool:
+        return node == 11 and self.asked.count(11) == 1
 
 
 def test_a_node_that_dies_during_the_handshake_is_left_out_and_its_restart_joins():
@@ -117,3 +132,11 @@ def test_a_node_that_dies_during_the_handshake_is_left_out_and_its_restart_joins
     assert said and "node 11 failed the handshake" in said[0]
     with pytest.raises(TimeoutError, match="only 3 of 4 sites.*failed the handshake: node 11: no heartbeat"):
         wait_for_sites(HandshakeGrid(), 4, timeout=1, poll=0.05)
+
+
+def test_a_restarted_node_under_the_same_id_is_asked_again_and_joins():
+    from server.app import wait_for_sites
+
+    grid, said = AuthenticatedHandshakeGrid(), []
+    assert wait_for_sites(grid, 3, timeout=10, say=said.append, poll=0.05, retry_after=0.2) == {0: 10, 1: 11, 2: 12}
+    assert grid.asked.count(11) == 2 and len(said) == 1 and "asking it again" in said[0]

@@ -11,7 +11,9 @@ that has given up reconnecting (Flower keeps it running) is stopped.
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
+import json
 import re
 import signal
 import sys
@@ -42,6 +44,10 @@ class Watch:
     prefix: str = ""  # "site N: " when several SuperNodes share one terminal
     command: str = "fgssl node"  # what this process's lines start with (`fgssl nodes` runs several sites)
     node_id: str | None = None
+    # Where the SuperLink's acceptance of this site is recorded until the SuperNode signs off cleanly: a restart
+    # after a crash is refused while the SuperLink still counts the dead SuperNode as online.
+    connection_file: Path | None = None
+    superlink: str = ""
     gave_up_at: float | None = None
     reasons: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,6 +61,10 @@ class Watch:
             if m := _NODE_ID.search(text):
                 self.node_id = m.group(1)
                 self.say(f"{self.prefix}connected to the SuperLink as Flower node {self.node_id}")
+                if self.connection_file is not None:
+                    self.connection_file.write_text(json.dumps({
+                        "superlink": self.superlink, "node_id": self.node_id,
+                        "connected_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}))
             elif m := _ROUND.search(text):
                 self._round = f"run {m.group(1)}" + (f", {m.group(2)}" if m.group(2) else "")
             elif (m := _RECEIVING.search(text)) and not self.verbose:
@@ -102,6 +112,12 @@ def _explain(site: Site, superlink: str, args: argparse.Namespace, launcher_log:
     if "key" in reasons:
         return f"--key {site.key} is not an OpenSSH EC private key (use node.key written by `fgssl certs`)"
     if "auth" in reasons:
+        earlier = _earlier_connection(site, superlink)
+        if earlier:
+            return (f"the SuperLink at {superlink} did not accept this node: this site's previous SuperNode (Flower "
+                    f"node {earlier['node_id']}, connected {earlier['connected_at']}) stopped without signing off, "
+                    f"and the SuperLink counts it as online until its heartbeat lapses (up to {STALE_NODE_S} s in "
+                    "Flower 1.42); run the same command again after that")
         return (f"the SuperLink at {superlink} refused this node's key: its public key (node.pub next to {site.key}) "
                 "is not registered with this federation; ask the coordinator to register it")
     wait = f"{args.max_wait_time:g} s" if args.max_wait_time else "retries"
@@ -114,6 +130,19 @@ def _explain(site: Site, superlink: str, args: argparse.Namespace, launcher_log:
     if code < 0:
         return f"the SuperNode was killed by {signal.Signals(-code).name}"
     return "the SuperNode stopped unexpectedly"
+
+
+STALE_NODE_S = 60  # Flower 1.42's SuperNode heartbeat interval (30 s) × the SuperLink's patience (2)
+CONNECTION_FILE = "connection.json"
+
+
+def _earlier_connection(site: Site, superlink: str) -> dict[str, str] | None:
+    """The record of this site's last SuperNode that was accepted by this SuperLink and never signed off."""
+    try:
+        record = json.loads((site.state / CONNECTION_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("superlink") == superlink else None
 
 
 def _common_paths(args: argparse.Namespace) -> tuple[str, Path, Path | None]:
@@ -156,11 +185,13 @@ def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path, c
     data = "share of the built-in synthetic data" if args.dataset == "synthetic" else f"{args.dataset} in {root}"
     budget = f"; privacy budget ε ≤ {args.max_epsilon:g}" if args.max_epsilon else ""
     launcher: Child | None = None
+    stopping = False
     try:
         for s, cmd in zip(sites, commands):
             say(f"site {s.site} ({'its ' if len(sites) == 1 else ''}{data}{budget}) joining the SuperLink at "
                 f"{superlink} over TLS (CA {ca}), authenticated with {s.key}")
             say(f"{s.watch.prefix}state in {s.state}; SuperNode log: {s.state / 'supernode.log'}")
+            s.watch.connection_file, s.watch.superlink = s.state / CONNECTION_FILE, superlink
             s.node = Child(f"the SuperNode of site {s.site}", cmd, s.state / "supernode.log",
                            env=flower_env(s.state / "flwr-home"), cwd=s.state, on_line=s.watch)
         log = launcher_dir / "clientapp.log"
@@ -172,6 +203,7 @@ def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path, c
         say(f"SuperNode started ({started}); ClientApps run in forks of pid {launcher.pid} (log: {log})")
         _supervise(sites, launcher)
     except KeyboardInterrupt:
+        stopping = True
         say(f"stopping the SuperNode{'s' * (len(sites) > 1)} "
             f"({', '.join(f'pid {s.node.pid}' for s in sites if s.node)})"
             + (f" and the ClientApp launcher (pid {launcher.pid})" if launcher else ""))
@@ -181,6 +213,8 @@ def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path, c
         for s in sites:
             if s.node is not None:
                 s.code = s.node.returncode
+                if (s.code == 0 or stopping) and s.watch.node_id is not None:  # it signed off
+                    (s.state / CONNECTION_FILE).unlink(missing_ok=True)
     failed = 0
     for s in sites:
         w = s.watch
