@@ -1,4 +1,4 @@
-"""Hierarchical FG-SSL network: a torchvision ResNet with blocks on layer2/3/4 and a concat branch (Park & Ryu 2024).
+"""Hierarchical FG-SSL network: a ResNet (torchvision's layout) with blocks on layer2/3/4 and a concat branch (Park & Ryu 2024).
 
 Parameter names are grouped by prefix, which the federation relies on to decide what a phase trains and what stays
 local: `backbone.*` (the ResNet), `blocks.{0,1,2}.*` (hierarchical conv blocks), `heads.{0..3}.*` (embedding
@@ -13,7 +13,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet as tv_resnet
 
 from .config import ModelConfig
 
@@ -21,15 +20,25 @@ BRANCHES = (0, 1, 2, 3)  # 0..2: blocks on layer2..layer4; 3: the concat branch
 CONCAT = 3
 
 
-class _OutOfPlaceReLU:
-    """torchvision's blocks with a ReLU that does not write into its input (per-sample gradient hooks need it)."""
+def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=k, stride=stride, padding=k // 2, bias=False)
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+
+# torchvision's ResNet layout (the same parameter names, so its ImageNet files load, and for a given seed the same
+# initial weights at width 64), written here because importing torchvision costs a process 1.5 s more than torch
+# (it imports all its models and torch._dynamo), and every node, Ray actor and command starts one. Unlike
+# torchvision's, no ReLU or residual add writes into its input: per-sample gradient hooks need that.
+class _BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None,
+                 norm: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv(cin, planes, 3, stride), norm(planes)
         self.relu = nn.ReLU(inplace=False)
+        self.conv2, self.bn2 = _conv(planes, planes, 3), norm(planes)
+        self.downsample = downsample
 
-
-class _BasicBlock(_OutOfPlaceReLU, tv_resnet.BasicBlock):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -37,7 +46,18 @@ class _BasicBlock(_OutOfPlaceReLU, tv_resnet.BasicBlock):
         return self.relu(out + identity)
 
 
-class _Bottleneck(_OutOfPlaceReLU, tv_resnet.Bottleneck):
+class _Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None,
+                 norm: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv(cin, planes, 1), norm(planes)
+        self.conv2, self.bn2 = _conv(planes, planes, 3, stride), norm(planes)
+        self.conv3, self.bn3 = _conv(planes, planes * 4, 1), norm(planes * 4)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = downsample
+
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -54,20 +74,35 @@ _ARCH = {
 }
 
 
-def _resnet(block: type[nn.Module], layers: list[int], norm: Callable[[int], nn.Module], width: int) -> nn.Module:
-    """torchvision's ResNet with `width` channels after the stem (64 in torchvision) and 2x, 4x, 8x in layer2-4."""
-    net = tv_resnet.ResNet(block, layers, norm_layer=norm)
-    if width == 64:
-        return net
-    net.inplanes = width
-    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-    net.bn1 = norm(width)
-    for i, (n, stride) in enumerate(zip(layers, (1, 2, 2, 2))):
-        setattr(net, f"layer{i + 1}", net._make_layer(block, width * 2 ** i, n, stride=stride))
-    for m in net.modules():  # torchvision's initialisation, for the layers made again here
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return net
+class ResNetBackbone(nn.Module):
+    """Stem and layer1-4 with `width` channels after the stem (64 in torchvision) and 2x, 4x, 8x in layer2-4."""
+
+    def __init__(self, block: type[_BasicBlock | _Bottleneck], layers: list[int], norm: Callable[[int], nn.Module],
+                 width: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False), norm(width)
+        self.relu = nn.ReLU(inplace=False)
+        self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        cin = width
+        for i, (n, stride) in enumerate(zip(layers, (1, 2, 2, 2))):
+            planes = width * 2 ** i
+            downsample = None
+            if stride != 1 or cin != planes * block.expansion:
+                downsample = nn.Sequential(_conv(cin, planes * block.expansion, 1, stride),
+                                           norm(planes * block.expansion))
+            blocks = [block(cin, planes, stride, downsample, norm)]
+            cin = planes * block.expansion
+            blocks += [block(cin, planes, 1, None, norm) for _ in range(1, n)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        # torchvision draws its ImageNet classifier here: drawn and dropped, so that the random stream, and with it
+        # the initialisation below, is the one a seed gave with torchvision's ResNet.
+        nn.Linear(8 * width * block.expansion, 1000)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
 
 
 def norm_factory(kind: str, groups: int) -> Callable[[int], nn.Module]:
@@ -134,12 +169,10 @@ class FGSSLNet(nn.Module):
         super().__init__()
         block, layers = _ARCH[cfg.backbone]
         norm = norm_factory(cfg.norm, cfg.groups)
-        backbone = _resnet(block, layers, norm, cfg.width)
-        backbone.relu = nn.ReLU(inplace=False)
+        backbone = ResNetBackbone(block, layers, norm, cfg.width)
         if cfg.stem == "small":
             # Stride 2 instead of 4 before layer1: textures with periods of a few pixels survive on small images.
             backbone.maxpool = nn.Identity()
-        del backbone.fc, backbone.avgpool
         self.backbone = backbone
         widths = [k * cfg.width * block.expansion for k in (2, 4, 8)]
         self.blocks = nn.ModuleList(

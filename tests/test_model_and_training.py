@@ -175,6 +175,30 @@ def test_bad_config_names_the_key(raw, key):
     assert key in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_the_backbone_is_torchvisions_resnet_with_its_names_and_for_a_seed_its_initial_weights(backbone):
+    import torchvision
+    from fgssl.config import ModelConfig
+    from fgssl.model import FGSSLNet
+
+    torch.manual_seed(3)
+    reference = getattr(torchvision.models, backbone)().state_dict()
+    torch.manual_seed(3)
+    own = FGSSLNet(ModelConfig(backbone=backbone, norm="batch", width=64), 7).backbone.state_dict()
+    assert list(own) == [k for k in reference if not k.startswith("fc.")]
+    for k, v in own.items():
+        assert torch.equal(v, reference[k]), k
+
+
+def test_the_model_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    code = "import sys, fgssl.model, client.app; print('torchvision' in sys.modules, 'torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"], out
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_local_imagenet_weights_file_is_loaded_into_the_backbone(tmp_path, suffix):
     import torchvision
