@@ -155,11 +155,11 @@ class Child:
         return self.wait(timeout=grace)
 
 
-STOP_GRACE_S = 4.0  # SIGTERM to SIGKILL when shutting down; the whole stop stays under 10 s
+STOP_GRACE_S = 3.0  # SIGTERM to SIGKILL when shutting down; the whole stop stays well under 10 s
 
 
 def stop_all(children: Sequence[Child | None], grace: float = STOP_GRACE_S, orphan_grace: float = 1.0) -> None:
-    """Stop every child at once and reap the helpers re-parented to us, all within ~`grace` + 3·`orphan_grace` s.
+    """Stop every child at once and reap the helpers re-parented to us, all within ~`grace` + 2 + 2·`orphan_grace` s.
 
     One shared deadline, not a grace period per child: Flower's processes can take seconds each to exit under load
     (each waits for its own helpers), and sequential waits of 10 s per child added up to over a minute. Further
@@ -180,7 +180,8 @@ def stop_all(children: Sequence[Child | None], grace: float = STOP_GRACE_S, orph
                 child.wait(timeout=2.0, output_timeout=0.5)
             except subprocess.TimeoutExpired:
                 pass  # SIGKILLed but not yet gone (uninterruptible I/O): nothing more to send it
-        stop_orphans({c.pid for c in live}, grace=orphan_grace)
+        # Helpers left behind have had the children's grace period to end with their parents: SIGTERM at once.
+        stop_orphans({c.pid for c in live}, grace=orphan_grace, patience=0.0)
 
 
 class _signals_ignored:
@@ -226,17 +227,18 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
-def stop_orphans(known: set[int], grace: float = 3.0) -> list[int]:
+def stop_orphans(known: set[int], grace: float = 3.0, patience: float | None = None) -> list[int]:
     """Stop and reap descendants re-parented to this process (see `become_subreaper`) that are not in `known`.
 
     They are Flower helpers whose parent we already stopped; most end by themselves once they notice, so they get
-    `grace` seconds before SIGTERM, and as long again before SIGKILL.
+    `patience` seconds (default `grace`) before SIGTERM, and `grace` more before SIGKILL.
     """
+    patience = grace if patience is None else patience
     if not Path("/proc").is_dir():
         return []
     me = os.getpid()
     found: set[int] = set()
-    deadline = time.monotonic() + 3 * grace
+    deadline = time.monotonic() + patience + 2 * grace
     signalled: dict[int, int] = {}
     start = time.monotonic()
     while time.monotonic() < deadline:
@@ -252,7 +254,8 @@ def stop_orphans(known: set[int], grace: float = 3.0) -> list[int]:
             if done:
                 continue
             elapsed = time.monotonic() - start
-            sig = signal.SIGKILL if elapsed > 2 * grace else signal.SIGTERM if elapsed > grace else None
+            sig = (signal.SIGKILL if elapsed > patience + grace else signal.SIGTERM if elapsed >= patience
+                   else None)
             if sig is not None and signalled.get(pid) != sig:
                 try:
                     os.kill(pid, sig)
