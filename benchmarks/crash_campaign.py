@@ -106,8 +106,9 @@ def trial(k: int, kind: str | None, moment: float, out: Path, sites: int = SITES
     config_file = tmp / "config.yaml"
     config_file.write_text(yaml.safe_dump(config(sites)))
     port, run_dir = free_port(), tmp / "run"
+    durable = kind == "coordinator"
     serve_args = ["cli.main", "serve", "--certs", str(certs.out), "--address", f"127.0.0.1:{port}", "--quiet",
-                  *(["--durable"] if kind == "coordinator" else [])]
+                  *(["--durable"] if durable else [])]
     states = [tmp / f"state{i}" for i in range(sites)]
 
     def node_args(i: int) -> list[str]:
@@ -170,7 +171,7 @@ def trial(k: int, kind: str | None, moment: float, out: Path, sites: int = SITES
             except ProcessLookupError:
                 pass
     released.sample()
-    return {"trial": k, "kind": kind, "sites": sites, "durable": kind == "coordinator", "moment_s": round(moment, 1),
+    return {"trial": k, "kind": kind, "sites": sites, "durable": durable, "moment_s": round(moment, 1),
             "killed": note, "restarts": restarts,
             "killed_at_round": killed_at_round, "seconds": round(seconds, 1), **_check(run_dir, states, released),
             "finished": finished, "orphans": len(orphans), "dir": str(tmp)}

@@ -1,4 +1,4 @@
-"""Hierarchical FG-SSL network: a ResNet (torchvision's layout) with blocks on layer2/3/4 and a concat branch (Park & Ryu 2024).
+"""Hierarchical FG-SSL network: a ResNet with blocks on layer2/3/4 and a concat branch (Park & Ryu 2024).
 
 Parameter names are grouped by prefix, which the federation relies on to decide what a phase trains and what stays
 local: `backbone.*` (the ResNet), `blocks.{0,1,2}.*` (hierarchical conv blocks), `heads.{0..3}.*` (embedding
@@ -54,7 +54,7 @@ class _Bottleneck(nn.Module):
         super().__init__()
         self.conv1, self.bn1 = _conv(cin, planes, 1), norm(planes)
         self.conv2, self.bn2 = _conv(planes, planes, 3, stride), norm(planes)
-        self.conv3, self.bn3 = _conv(planes, planes * 4, 1), norm(planes * 4)
+        self.conv3, self.bn3 = _conv(planes, planes * self.expansion, 1), norm(planes * self.expansion)
         self.relu = nn.ReLU(inplace=False)
         self.downsample = downsample
 

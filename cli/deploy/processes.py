@@ -180,8 +180,7 @@ def stop_all(children: Sequence[Child | None], grace: float = STOP_GRACE_S, orph
                 child.wait(timeout=2.0, output_timeout=0.5)
             except subprocess.TimeoutExpired:
                 pass  # SIGKILLed but not yet gone (uninterruptible I/O): nothing more to send it
-        # Helpers left behind have had the children's grace period to end with their parents: SIGTERM at once.
-        stop_orphans({c.pid for c in live}, grace=orphan_grace, patience=0.0)
+        stop_orphans({c.pid for c in live}, grace=orphan_grace)
 
 
 class _signals_ignored:
@@ -227,18 +226,17 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
-def stop_orphans(known: set[int], grace: float = 3.0, patience: float | None = None) -> list[int]:
+def stop_orphans(known: set[int], grace: float = 3.0) -> list[int]:
     """Stop and reap descendants re-parented to this process (see `become_subreaper`) that are not in `known`.
 
-    They are Flower helpers whose parent we already stopped; most end by themselves once they notice, so they get
-    `patience` seconds (default `grace`) before SIGTERM, and `grace` more before SIGKILL.
+    They are Flower helpers whose parent we already stopped and that have had its grace period to end with it, so
+    they get SIGTERM at once and SIGKILL `grace` seconds later.
     """
-    patience = grace if patience is None else patience
     if not Path("/proc").is_dir():
         return []
     me = os.getpid()
     found: set[int] = set()
-    deadline = time.monotonic() + patience + 2 * grace
+    deadline = time.monotonic() + 2 * grace
     signalled: dict[int, int] = {}
     start = time.monotonic()
     while time.monotonic() < deadline:
@@ -254,8 +252,7 @@ def stop_orphans(known: set[int], grace: float = 3.0, patience: float | None = N
             if done:
                 continue
             elapsed = time.monotonic() - start
-            sig = (signal.SIGKILL if elapsed > patience + grace else signal.SIGTERM if elapsed >= patience
-                   else None)
+            sig = signal.SIGKILL if elapsed > grace else signal.SIGTERM
             if sig is not None and signalled.get(pid) != sig:
                 try:
                     os.kill(pid, sig)
