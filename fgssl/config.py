@@ -33,6 +33,8 @@ def _require(cond: bool, key: str, message: str) -> None:
 
 
 DATASETS = ("synthetic", "isic2018", "isic2017", "aptos2019", "folder")
+# The datasets that ship their own train / validation / test parts (data.split: official).
+OFFICIAL_SPLITS = ("isic2017", "isic2018")
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,9 @@ class DataConfig:
     # Skip (and list in the cache's manifest) images that are missing or cannot be decoded, instead of stopping.
     # Label and CSV errors always stop.
     skip_bad_images: bool = False
-    # auto: the official splits when the dataset ships all of them (ISIC 2017 Training/Validation/Test_v2), else
-    # stratified by val_fraction/test_fraction (grouped by lesion/patient id when known) | official | stratified
+    # auto: the official splits when the dataset ships all of them (ISIC 2017 Training/Validation/Test_v2, ISIC 2018
+    # Training/Validation/Test), else stratified by val_fraction/test_fraction (grouped by lesion/patient id when
+    # known) | official | stratified
     split: Literal["auto", "official", "stratified"] = "auto"
     # dataset=folder only: the CSV (relative to root), its image-path and label columns, an optional group column
     # (patient/lesion id: its images never straddle splits) and an optional fixed class order (else sorted labels).
@@ -84,8 +87,9 @@ class DataConfig:
         if self.dataset != "synthetic":
             _require(bool(self.root), f"{p}.root", f"required for dataset '{self.dataset}': the folder it was "
                      "downloaded to")
-        _require(self.split != "official" or self.dataset == "isic2017", f"{p}.split",
-                 f"'official' splits exist only for isic2017, not '{self.dataset}'; use auto or stratified")
+        _require(self.split != "official" or self.dataset in OFFICIAL_SPLITS, f"{p}.split",
+                 f"'official' splits exist only for {', '.join(OFFICIAL_SPLITS)}, not '{self.dataset}'; use auto or "
+                 "stratified")
         if self.dataset == "folder":
             _require(bool(self.csv), f"{p}.csv", "required for dataset 'folder': the CSV of image paths and labels")
             _require(bool(self.path_column), f"{p}.path_column", "must not be empty")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import struct
 import warnings
 import zlib
@@ -29,6 +30,7 @@ from fgssl.data.official import (APTOS2019_CLASSES, ISIC2017_CLASSES, ISIC2018_C
 from fgssl.data.sources import load_splits, stratified_group_split
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REAL_FULL = REALDATA / "isic2018_task3_full"  # all 10,015 HAM10000 images, 200x150
 SIZE = 16
 KINDS = ("rgb_jpeg", "grey_png", "rgba_png", "cmyk_jpeg", "png16", "palette_png", "rgb16_png")
 ODD_SIZES = ((37, 23), (23, 41), (50, 31), (29, 29), (61, 17))
@@ -108,6 +110,29 @@ def make_isic2018(root: Path, per_class: int = 4, lesions: list[str] | None = No
         write_csv(root / "HAM10000_metadata.csv", ["lesion_id", "image_id", "dx"],
                   [[lesions[i], f"ISIC_{i:07d}", ISIC2018_CLASSES[y].lower()] for i, y in enumerate(labels)])
     return labels
+
+
+def write_isic2018_part(root: Path, part: str, labels: dict[str, int], source: Path | None = None) -> None:
+    """One official ISIC 2018 part (Training, Validation, Test) of `root`: the images `labels` names (copied from the
+    folder `source`, else generated) and their one-hot ground truth."""
+    folder, gt = (root / p for p in official.isic2018_part(part))
+    folder.mkdir(parents=True)
+    for j, iid in enumerate(labels):
+        if source is None:
+            write_image(folder / iid, "rgb_jpeg", ODD_SIZES[j % len(ODD_SIZES)], seed=300 + j)
+        else:
+            shutil.copy(source / f"{iid}.jpg", folder / f"{iid}.jpg")
+    write_csv(gt, ["image", *ISIC2018_CLASSES], [[iid, *onehot(y, 7)] for iid, y in labels.items()])
+
+
+def real_isic2018_labels(per_class: int, skip: int = 0) -> dict[str, int]:
+    """`per_class` real HAM10000 image ids of every class, after the first `skip` of each, with their class."""
+    with open(REAL_FULL / ISIC2018_CSV) as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, int] = {}
+    for k, c in enumerate(ISIC2018_CLASSES):
+        out.update({r["image"]: k for r in [r for r in rows if float(r[c]) == 1.0][skip:skip + per_class]})
+    return out
 
 
 def make_isic2017(root: Path, parts=("Training", "Validation", "Test_v2"), per_class: int = 3) -> dict:
@@ -264,6 +289,43 @@ def test_isic2017_without_test_folder_pools_or_refuses_official(tmp_path):
     with raises_naming("data.split=official", "ISIC-2017_Test_v2_Data") as e:
         load_splits(cfg_for("isic2017", tmp_path / "i17", tmp_path, split="official"), seed=0, progress=False)
     assert e.value.key == "data.split"
+
+
+def test_isic2018_official_validation_and_test_parts(tmp_path):
+    root = tmp_path / "isic"
+    labels = make_isic2018(root, per_class=2)  # HAM10000 metadata for the Training images only, as shipped
+    val = {f"ISIC_{100 + j:07d}": j % 7 for j in range(7)}
+    test = {f"ISIC_{200 + j:07d}": (j * 3) % 7 for j in range(14)}
+    write_isic2018_part(root, "Validation", val)
+    write_isic2018_part(root, "Test", test)
+    cfg = cfg_for("isic2018", root, tmp_path)
+    data = load_cache(prepare(cfg, progress=False).path)
+    assert data.manifest["partition_names"] == ["Training", "Validation", "Test"]
+    assert data.partitions.tolist() == [0] * 14 + [1] * 7 + [2] * 14
+    assert data.groups.tolist()[14:] == [*val, *test]  # no lesion id: each image is its own group
+    splits = load_splits(cfg, seed=0, progress=False)
+    assert splits.sizes() == {"train": 14, "val": 7, "test": 14}
+    assert splits.train.labels.tolist() == labels and splits.test.labels.tolist() == list(test.values())
+    assert any("ISIC 2018: official splits" in n for n in splits.notes)
+    assert load_splits(cfg_for("isic2018", root, tmp_path, split="official"), 0, progress=False).sizes()["val"] == 7
+    strat = load_splits(cfg_for("isic2018", root, tmp_path, split="stratified"), seed=0, progress=False)
+    assert sum(strat.sizes().values()) == 35 and strat.sizes()["val"] != 7
+    # a part without its ground truth, and a Training part without the others
+    test_gt = root / official.isic2018_part("Test")[1]
+    test_gt.rename(tmp_path / "gt.csv")
+    with raises_naming("label file not found", str(test_gt)):
+        scan(cfg)
+    shutil.rmtree(root / official.isic2018_part("Test")[0])
+    with pytest.warns(DataWarning, match="official Test not found"):
+        assert sum(load_splits(cfg, seed=0, progress=False).sizes().values()) == 21
+    with raises_naming("data.split=official", "ISIC2018_Task3_Test_Input/") as e:
+        load_splits(cfg_for("isic2018", root, tmp_path, split="official"), seed=0, progress=False)
+    assert e.value.key == "data.split"
+    # a folder holding only the official Test part (what a hospital evaluates on) is a dataset too
+    alone = tmp_path / "test_only"
+    write_isic2018_part(alone, "Test", test)
+    index = scan(cfg_for("isic2018", alone, tmp_path))
+    assert index.partition_names == ("Test",) and [r.id for r in index.records] == list(test)
 
 
 def test_aptos2019_grades(tmp_path):
@@ -646,6 +708,9 @@ def test_config_keys_are_validated():
     assert err(dataset="isic2019", root="/x") == "data.dataset"
     assert err(dataset="isic2018") == "data.root"
     assert err(dataset="aptos2019", root="/x", split="official") == "data.split"
+    with pytest.raises(ConfigError, match="only for isic2017, isic2018, not 'aptos2019'"):
+        config_from_dict({"data": {"dataset": "aptos2019", "root": "/x", "split": "official"}})
+    assert config_from_dict({"data": {"dataset": "isic2018", "root": "/x", "split": "official"}}).data.split == "official"
     assert err(dataset="folder", root="/x") == "data.csv"
     assert err(dataset="folder", root="/x", csv="a.csv", path_column="x", label_column="x") == "data.label_column"
     assert err(dataset="isic2018", root="/x", class_names=["a", "b"]) == "data.class_names"
@@ -759,6 +824,21 @@ def test_real_isic2018_sample_end_to_end(tmp_path):
     sets = [set(data.groups[p].tolist()) for p in parts]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
     _finetune_one_step(splits, tmp_path)
+
+
+@pytest.mark.skipif(not REAL_FULL.is_dir(), reason=f"real-data fixture not found at {REAL_FULL} (see DESIGN.md section 6)")
+def test_real_isic2018_official_parts(tmp_path):
+    root = tmp_path / "isic"
+    train, val, test = real_isic2018_labels(2), real_isic2018_labels(1, skip=2), real_isic2018_labels(1, skip=3)
+    for part, labels in (("Training", train), ("Validation", val), ("Test", test)):
+        write_isic2018_part(root, part, labels, REAL_FULL / ISIC2018_IMAGES)
+    cfg = cfg_for("isic2018", root, tmp_path, image_size=32, split="official")
+    splits = load_splits(cfg, seed=0, progress=False)
+    assert splits.sizes() == {"train": 14, "val": 7, "test": 7}
+    assert splits.val.labels.tolist() == list(val.values()) and splits.test.labels.tolist() == list(test.values())
+    last = list(test)[-1]  # the cache holds what decoding the real file gives
+    source = root / official.isic2018_part("Test")[0] / f"{last}.jpg"
+    assert np.array_equal(splits.test.images[-1].numpy(), decode_image(source, 32))
 
 
 @pytest.mark.skipif(not (REALDATA / "isic2017").is_dir(),

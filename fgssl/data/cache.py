@@ -45,7 +45,8 @@ from .errors import DataError
 from .official import Index, Skip
 
 FORMAT = "fgssl-image-cache"
-VERSION = 1
+# 2: ISIC 2018 images carry the official part they came from (Training, Validation, Test), as ISIC 2017 ones do.
+VERSION = 2
 MANIFEST = "manifest.json"
 ARRAYS = ("images", "labels", "ids", "groups", "partitions", "sites")
 # True: a tqdm bar on stderr; False: silent; a callable: told (images decoded, total) after each image.

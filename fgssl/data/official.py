@@ -2,11 +2,13 @@
 
 Layouts (`root` is the folder that holds these entries):
 
-- ``isic2018`` (ISIC 2018 Task 3 = HAM10000): ``ISIC2018_Task3_Training_Input/*.jpg`` and
-  ``ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv`` with header
-  ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`` (one-hot 0.0/1.0). Optional ``HAM10000_metadata.csv``
-  (``lesion_id,image_id,...``; a ``dataset`` column, when present, is kept as the acquisition site): its lesion ids
-  group the images so that splits never put one lesion on two sides. Classes in the CSV's documented order.
+- ``isic2018`` (ISIC 2018 Task 3 = HAM10000): for each of Training, Validation, Test that is present,
+  ``ISIC2018_Task3_<part>_Input/*.jpg`` and ``ISIC2018_Task3_<part>_GroundTruth/ISIC2018_Task3_<part>_GroundTruth.csv``
+  with header ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`` (one-hot 0.0/1.0); the part each image came from is kept, as for
+  ISIC 2017. Optional ``HAM10000_metadata.csv`` (``lesion_id,image_id,...``; a ``dataset`` column, when present, is
+  kept as the acquisition site): its lesion ids group the images so that splits never put one lesion on two sides.
+  It covers the Training images only (HAM10000); a Validation or Test image without a row is its own group.
+  Classes in the CSV's documented order.
 - ``isic2017`` (ISIC 2017 Part 3): for each of Training, Validation, Test_v2 that is present,
   ``ISIC-2017_<part>_Data/*.jpg`` (``*_superpixels.png`` ignored) and ``ISIC-2017_<part>_Part3_GroundTruth.csv``
   with ``image_id,melanoma,seborrheic_keratosis``. Classes: melanoma, seborrheic_keratosis, nevus (both 0).
@@ -48,8 +50,15 @@ ISIC2017_PARTS = ("Training", "Validation", "Test_v2")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 RESIZE_MODES = ("crop", "pad", "stretch")
 
-ISIC2018_IMAGES = "ISIC2018_Task3_Training_Input"
-ISIC2018_CSV = "ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv"
+ISIC2018_PARTS = ("Training", "Validation", "Test")
+
+
+def isic2018_part(part: str) -> tuple[str, str]:
+    """The image folder and the ground-truth CSV of one official ISIC 2018 Task 3 part, relative to the root."""
+    return f"ISIC2018_Task3_{part}_Input", f"ISIC2018_Task3_{part}_GroundTruth/ISIC2018_Task3_{part}_GroundTruth.csv"
+
+
+ISIC2018_IMAGES, ISIC2018_CSV = isic2018_part("Training")
 HAM10000_METADATA = "HAM10000_metadata.csv"
 
 
@@ -212,19 +221,44 @@ def _root(cfg: DataConfig) -> Path:
     return root
 
 
+@dataclass
+class _Parts:
+    """What the official parts of a challenge download hold, in ISIC2017_PARTS / ISIC2018_PARTS order."""
+    records: list[Record] = field(default_factory=list)
+    missing: list[Skip] = field(default_factory=list)
+    label_files: list[Path] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+
+
+def _scan_parts(parts: tuple[str, ...], layout: Callable[[str], tuple[Path, Path]],
+                read_labels: Callable[[Path, dict[str, str], int], list[Record]], skip_missing: bool,
+                ignore: Callable[[str], bool] | None = None) -> _Parts:
+    """Every part whose image folder or label CSV exists (both must, then); an image id is unique across parts."""
+    out = _Parts()
+    seen: dict[str, str] = {}
+    for part in parts:
+        folder, csv_path = layout(part)
+        if not folder.exists() and not csv_path.exists():
+            continue
+        if not folder.is_dir():
+            raise DataError(f"image folder not found: {folder} (its labels {csv_path.name} exist)")
+        if not csv_path.is_file():
+            raise DataError(f"label file not found: {csv_path} (for the images in {folder.name}/)")
+        labelled = read_labels(csv_path, seen, len(out.present))
+        out.records += _pair(labelled, _list_images(folder, ignore), csv_path, folder, skip_missing, out.missing,
+                             ".jpg")
+        out.label_files.append(csv_path)
+        out.present.append(part)
+    return out
+
+
 # -------------------------------------------------------------------------------------------------------- datasets
 
 
-def scan_isic2018(root: Path, skip_missing: bool = False) -> Index:
-    csv_path = root / ISIC2018_CSV
-    folder = root / ISIC2018_IMAGES
-    if not folder.is_dir():
-        raise DataError(f"image folder not found: {folder} (an ISIC 2018 Task 3 root holds {ISIC2018_IMAGES}/ "
-                        f"and {ISIC2018_CSV})")
+def _isic2018_labels(csv_path: Path, seen: dict[str, str], partition: int) -> list[Record]:
     header, rows = _read_csv(csv_path, "ISIC 2018 ground truth file")
     _check_header(csv_path, header, ("image", *ISIC2018_CLASSES), first="image")
     cols = [header.index(c) for c in ISIC2018_CLASSES]
-    seen: dict[str, str] = {}
     labelled = []
     for line, f in rows:
         _check_id(csv_path, line, f[0], seen)
@@ -232,15 +266,26 @@ def scan_isic2018(root: Path, skip_missing: bool = False) -> Index:
         if len(hot) != 1:
             got = "no class" if not hot else " and ".join(ISIC2018_CLASSES[k] for k in hot)
             raise DataError(f"{csv_path} line {line}: image {f[0]!r} must have exactly one class set to 1, got {got}")
-        labelled.append(Record(f[0], Path(), hot[0], f"{csv_path} line {line}"))
-    missing: list[Skip] = []
-    records = _pair(labelled, _list_images(folder), csv_path, folder, skip_missing, missing, ".jpg")
-    index = Index("isic2018", root, ISIC2018_CLASSES, records, [csv_path], missing)
+        labelled.append(Record(f[0], Path(), hot[0], f"{csv_path} line {line}", partition=partition))
+    return labelled
+
+
+def scan_isic2018(root: Path, skip_missing: bool = False) -> Index:
+    found = _scan_parts(ISIC2018_PARTS, lambda part: tuple(root / p for p in isic2018_part(part)),
+                        _isic2018_labels, skip_missing)
+    present = found.present
+    if not present:
+        raise DataError(f"image folder not found: {root / ISIC2018_IMAGES} (an ISIC 2018 Task 3 root holds "
+                        f"{ISIC2018_IMAGES}/ and {ISIC2018_CSV}, or the Validation or Test part laid out alike)")
+    records = found.records
+    index = Index("isic2018", root, ISIC2018_CLASSES, records, found.label_files, found.missing,
+                  partition_names=tuple(present))
 
     meta = root / HAM10000_METADATA
     if not meta.is_file():
-        index.notes.append(f"ISIC 2018: {meta.name} not found in {root}, so lesion ids are unknown and splits are "
-                           "per image: images of one lesion may land in both train and test")
+        if present != list(ISIC2018_PARTS):  # with every official part the splits are the parts themselves
+            index.notes.append(f"ISIC 2018: {meta.name} not found in {root}, so lesion ids are unknown and splits "
+                               "are per image: images of one lesion may land in both train and test")
         return index
     header, rows = _read_csv(meta, "HAM10000 metadata")
     col = _require_columns(meta, header, ["lesion_id", "image_id"])
@@ -252,52 +297,46 @@ def scan_isic2018(root: Path, skip_missing: bool = False) -> Index:
         if not lesion:
             raise DataError(f"{meta} line {line}: empty lesion_id for image {image_id!r}")
         by_image[image_id] = (lesion, f[col["dataset"]] if "dataset" in col else "")
+    training = present.index("Training") if "Training" in present else None
     for r in records:
-        if r.id not in by_image:
+        if r.id in by_image:
+            r.group, r.site = by_image[r.id]
+        elif r.partition == training:
             raise DataError(f"{meta}: no row for image {r.id!r} (labelled on {r.where}); every image needs its "
                             "lesion_id for lesion-grouped splits (or remove the metadata file)")
-        r.group, r.site = by_image[r.id]
+        else:  # HAM10000's metadata lists the Training images only; another part's image is a lesion of its own
+            r.group = r.id
     index.label_files.append(meta)
     index.has_groups = True
     return index
 
 
+def _isic2017_labels(csv_path: Path, seen: dict[str, str], partition: int) -> list[Record]:
+    header, rows = _read_csv(csv_path, "ISIC 2017 ground truth file")
+    _check_header(csv_path, header, ("image_id", "melanoma", "seborrheic_keratosis"), first="image_id")
+    mel, sk = header.index("melanoma"), header.index("seborrheic_keratosis")
+    labelled = []
+    for line, f in rows:
+        _check_id(csv_path, line, f[0], seen)
+        is_mel = _binary(csv_path, line, "melanoma", f[mel])
+        is_sk = _binary(csv_path, line, "seborrheic_keratosis", f[sk])
+        if is_mel and is_sk:
+            raise DataError(f"{csv_path} line {line}: image {f[0]!r} is marked both melanoma and "
+                            "seborrheic_keratosis")
+        label = 0 if is_mel else 1 if is_sk else 2
+        labelled.append(Record(f[0], Path(), label, f"{csv_path} line {line}", partition=partition))
+    return labelled
+
+
 def scan_isic2017(root: Path, skip_missing: bool = False) -> Index:
-    records: list[Record] = []
-    missing: list[Skip] = []
-    label_files: list[Path] = []
-    present: list[str] = []
-    seen: dict[str, str] = {}
-    for part in ISIC2017_PARTS:
-        folder = root / f"ISIC-2017_{part}_Data"
-        csv_path = root / f"ISIC-2017_{part}_Part3_GroundTruth.csv"
-        if not folder.exists() and not csv_path.exists():
-            continue
-        if not folder.is_dir():
-            raise DataError(f"image folder not found: {folder} (its labels {csv_path.name} exist)")
-        if not csv_path.is_file():
-            raise DataError(f"label file not found: {csv_path} (for the images in {folder.name}/)")
-        header, rows = _read_csv(csv_path, "ISIC 2017 ground truth file")
-        _check_header(csv_path, header, ("image_id", "melanoma", "seborrheic_keratosis"), first="image_id")
-        mel, sk = header.index("melanoma"), header.index("seborrheic_keratosis")
-        labelled = []
-        for line, f in rows:
-            _check_id(csv_path, line, f[0], seen)
-            is_mel = _binary(csv_path, line, "melanoma", f[mel])
-            is_sk = _binary(csv_path, line, "seborrheic_keratosis", f[sk])
-            if is_mel and is_sk:
-                raise DataError(f"{csv_path} line {line}: image {f[0]!r} is marked both melanoma and "
-                                "seborrheic_keratosis")
-            label = 0 if is_mel else 1 if is_sk else 2
-            labelled.append(Record(f[0], Path(), label, f"{csv_path} line {line}", partition=len(present)))
-        images = _list_images(folder, ignore=lambda n: n.lower().endswith("_superpixels.png"))
-        records += _pair(labelled, images, csv_path, folder, skip_missing, missing, ".jpg")
-        label_files.append(csv_path)
-        present.append(part)
-    if not present:
+    found = _scan_parts(ISIC2017_PARTS,
+                        lambda part: (root / f"ISIC-2017_{part}_Data", root / f"ISIC-2017_{part}_Part3_GroundTruth.csv"),
+                        _isic2017_labels, skip_missing, ignore=lambda n: n.lower().endswith("_superpixels.png"))
+    if not found.present:
         raise DataError(f"{root}: not an ISIC 2017 Part 3 folder: none of "
                         + ", ".join(f"ISIC-2017_{p}_Data/" for p in ISIC2017_PARTS) + " found")
-    return Index("isic2017", root, ISIC2017_CLASSES, records, label_files, missing, partition_names=tuple(present))
+    return Index("isic2017", root, ISIC2017_CLASSES, found.records, found.label_files, found.missing,
+                 partition_names=tuple(found.present))
 
 
 def _grade(path: Path, line: int, image_id: str, text: str) -> int:

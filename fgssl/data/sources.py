@@ -3,8 +3,9 @@
 Real datasets (isic2018, isic2017, aptos2019, folder) are read from their cache (built or reused by
 `fgssl.data.cache.prepare`; training never decodes the original files), then split:
 
-- ISIC 2017 with ``data.split: auto`` uses the official Training / Validation / Test_v2 partitions when all three are
-  present (``official`` insists on them); otherwise the pooled images are split like every other dataset:
+- ISIC 2017 and ISIC 2018 with ``data.split: auto`` use the official Training / Validation / Test (ISIC 2017:
+  Test_v2) parts when all three are present (``official`` insists on them); otherwise the pooled images are split
+  like every other dataset:
 - stratified by class into train/val/test by ``val_fraction`` / ``test_fraction``; when images carry a group id
   (HAM10000 ``lesion_id``, a folder's ``group_column``) whole groups are assigned, so no lesion or patient straddles
   two splits. Without one for ISIC 2018 the split is per image, and a note says so.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ from ..config import DataConfig
 from . import synthetic
 from .errors import DataError, DataWarning
 from .images import ImageSet, stratified_split
+from .official import ISIC2017_PARTS, ISIC2018_PARTS, isic2018_part
 
 
 @dataclass
@@ -83,25 +86,41 @@ def _take(data, idx: np.ndarray) -> ImageSet:
                     data.class_names)
 
 
+class OfficialParts(NamedTuple):
+    """The train / val / test parts a dataset ships, as the cache's partition names, and where each part lives."""
+    label: str
+    parts: tuple[str, str, str]
+    where: Callable[[str], str]
+
+
+OFFICIAL_PARTS: dict[str, OfficialParts] = {
+    "isic2017": OfficialParts("ISIC 2017", ISIC2017_PARTS, lambda part: f"ISIC-2017_{part}_Data/"),
+    "isic2018": OfficialParts("ISIC 2018", ISIC2018_PARTS, lambda part: f"{isic2018_part(part)[0]}/"),
+}
+
+
 def cached_splits(cfg: DataConfig, seed: int, data) -> tuple[list[np.ndarray], list[tuple[str, bool]]]:
     """Indices of train/val/test in the loaded cache `data`, and notes on how they were chosen (text, is a caveat)."""
     notes: list[tuple[str, bool]] = []
     names = list(data.manifest.get("partition_names", []))
     fractions = (cfg.val_fraction, cfg.test_fraction)
-    if cfg.dataset == "isic2017" and cfg.split != "stratified":
-        official = ["Training", "Validation", "Test_v2"]
-        if names == official:
+    official = OFFICIAL_PARTS.get(cfg.dataset)
+    if official is not None and cfg.split != "stratified":
+        if names == list(official.parts):
             parts = [np.flatnonzero(data.partitions == k) for k in range(3)]
-            notes.append(("ISIC 2017: official splits (train = Training, val = Validation, test = Test_v2: "
+            notes.append((f"{official.label}: official splits (train = {official.parts[0]}, val = "
+                          f"{official.parts[1]}, test = {official.parts[2]}: "
                           f"{len(parts[0])}/{len(parts[1])}/{len(parts[2])} images)", False))
             return parts, notes
-        absent = [p for p in official if p not in names]
+        absent = [p for p in official.parts if p not in names]
         if cfg.split == "official":
-            raise DataError(f"data.split=official needs ISIC-2017_{absent[0]}_Data/ and its ground truth in "
+            raise DataError(f"data.split=official needs {official.where(absent[0])} and its ground truth in "
                             f"{cfg.root}; found only {', '.join(names)}", "data.split")
-        notes.append((f"ISIC 2017: official {', '.join(absent)} not found, so the {len(data)} images of "
-                      f"{', '.join(names)} are split stratified (val_fraction={cfg.val_fraction}, "
-                      f"test_fraction={cfg.test_fraction})", True))
+        # A training part alone is the usual download, split as any other data; a partial set of parts is worth a note
+        if names != list(official.parts[:1]):
+            notes.append((f"{official.label}: official {', '.join(absent)} not found, so the {len(data)} images of "
+                          f"{', '.join(names)} are split stratified (val_fraction={cfg.val_fraction}, "
+                          f"test_fraction={cfg.test_fraction})", True))
     if data.manifest.get("has_groups"):
         parts = stratified_group_split(data.labels, data.groups, fractions, seed)
     else:
