@@ -32,14 +32,15 @@ def _require(cond: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
-DATASETS = ("synthetic", "isic2018", "isic2017", "aptos2019", "folder")
+DATASETS = ("synthetic", "isic2018", "isic2017", "aptos2019", "medmnist", "folder")
 # The datasets that ship their own train / validation / test parts (data.split: official).
-OFFICIAL_SPLITS = ("isic2017", "isic2018")
+OFFICIAL_SPLITS = ("isic2017", "isic2018", "medmnist")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    # synthetic (built in) | isic2018 | isic2017 | aptos2019 (official download layouts) | folder (images + a CSV)
+    # synthetic (built in) | isic2018 | isic2017 | aptos2019 (official download layouts) | medmnist (a *mnist*.npz)
+    # | folder (images + a CSV)
     dataset: str = "synthetic"
     # Side of the square images the model sees; real images are resized to it once, into the cache.
     image_size: int = 64
@@ -51,7 +52,8 @@ class DataConfig:
     test_fraction: float = 0.15
     # Strength of the per-site acquisition shift in simulations (0 = none); real datasets get simulations/shift.py.
     site_shift: float = 0.0
-    # Real datasets: the folder as downloaded (see fgssl/data/official.py for each layout).
+    # Real datasets: the folder as downloaded (see fgssl/data/official.py for each layout); medmnist: the .npz file
+    # or a folder holding one (fgssl/data/medmnist.py).
     root: str | None = None
     # Where decoded, resized images are cached (null = <root>/.fgssl-cache; must be writable).
     cache_dir: str | None = None
@@ -61,7 +63,7 @@ class DataConfig:
     # Label and CSV errors always stop.
     skip_bad_images: bool = False
     # auto: the official splits when the dataset ships all of them (ISIC 2017 Training/Validation/Test_v2, ISIC 2018
-    # Training/Validation/Test), else stratified by val_fraction/test_fraction (grouped by lesion/patient id when
+    # Training/Validation/Test, MedMNIST train/val/test), else stratified by val_fraction/test_fraction (grouped by lesion/patient id when
     # known) | official | stratified
     split: Literal["auto", "official", "stratified"] = "auto"
     # dataset=folder only: the CSV (relative to root), its image-path and label columns, an optional group column

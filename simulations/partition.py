@@ -349,6 +349,7 @@ LABEL_SOURCES: dict[str, Callable[[Config], PoolLabels]] = {
     "isic2018": _cached_labels,
     "isic2017": _cached_labels,
     "aptos2019": _cached_labels,
+    "medmnist": _cached_labels,
     "folder": _cached_labels,
 }
 

@@ -708,7 +708,7 @@ def test_config_keys_are_validated():
     assert err(dataset="isic2019", root="/x") == "data.dataset"
     assert err(dataset="isic2018") == "data.root"
     assert err(dataset="aptos2019", root="/x", split="official") == "data.split"
-    with pytest.raises(ConfigError, match="only for isic2017, isic2018, not 'aptos2019'"):
+    with pytest.raises(ConfigError, match="only for isic2017, isic2018, medmnist, not 'aptos2019'"):
         config_from_dict({"data": {"dataset": "aptos2019", "root": "/x", "split": "official"}})
     assert config_from_dict({"data": {"dataset": "isic2018", "root": "/x", "split": "official"}}).data.split == "official"
     assert err(dataset="folder", root="/x") == "data.csv"

@@ -4,7 +4,7 @@ A cache is one folder ``<cache_dir>/<dataset>-<size>px-<resize>-<root hash>/`` h
 
     images.npy      uint8 (N, 3, S, S), read as a memory map
     labels.npy      int64 (N,)
-    ids.npy         str   (N,)  image ids (file stems; the CSV path for `folder`)
+    ids.npy         str   (N,)  image ids (file stems; the CSV path for `folder`; `<split>_<row>` for `medmnist`)
     groups.npy      str   (N,)  lesion / patient ids ("" when unknown)
     partitions.npy  int8  (N,)  index into manifest["partition_names"] (-1 = none)
     sites.npy       str   (N,)  acquisition site ("" when unknown)
@@ -42,6 +42,7 @@ from tqdm import tqdm
 from ..config import DataConfig
 from . import official
 from .errors import DataError
+from .medmnist import scan_medmnist
 from .official import Index, Skip
 
 FORMAT = "fgssl-image-cache"
@@ -120,6 +121,7 @@ def cache_base(cfg: DataConfig) -> Path:
     if not cfg.root:
         raise DataError(f"data.root is required for data.dataset={cfg.dataset}", "data.root")
     root = Path(cfg.root)
+    root = root.parent if root.is_file() else root  # a MedMNIST root may be the .npz itself
     base = root / ".fgssl-cache"
     # A dataset folder marked read-only (no write bit at all) is not written into, even by a superuser.
     if not base.exists() and root.is_dir() and not root.stat().st_mode & 0o222:
@@ -144,7 +146,8 @@ def _rel(path: Path, root: Path) -> str:
 def _sources(index: Index) -> list[list[Any]]:
     """[relative path, size, mtime_ns] of every label file and image (-1, -1 for a missing image)."""
     out = []
-    for p in [*index.label_files, *(r.path for r in index.records)]:
+    # dict.fromkeys: one entry per file, also when many records live in one file (MedMNIST's npz)
+    for p in dict.fromkeys([*index.label_files, *(r.path for r in index.records)]):
         st = p.stat()
         out.append([_rel(p, index.root), st.st_size, st.st_mtime_ns])
     for s in index.missing:
@@ -264,11 +267,12 @@ def _decode_all(index: Index, images: np.ndarray, size: int, resize: str, skip: 
                 progress: ProgressArg) -> list[tuple[int, Skip]]:
     """Decode every record into `images[i]`; returns (position, skip) for undecodable files when skipping."""
     bad: list[tuple[int, Skip]] = []
+    decode = index.decode or (lambda r, s, m: official.decode_image(r.path, s, m))
 
     def work(i: int) -> tuple[int, Skip] | None:
         r = index.records[i]
         try:
-            images[i] = official.decode_image(r.path, size, resize)
+            images[i] = decode(r, size, resize)
         except DataError as e:
             if not skip:
                 raise
@@ -410,7 +414,8 @@ def prepare(cfg: DataConfig, *, workers: int = 1, progress: ProgressArg = True) 
     `progress`: True draws a bar on stderr, False nothing; a callable gets (images decoded, total) instead.
     """
     started = time.perf_counter()
-    index = official.scan(cfg)
+    # MedMNIST is one array file, not an image layout (and its root may be the file itself)
+    index = scan_medmnist(cfg.root or "") if cfg.dataset == "medmnist" else official.scan(cfg)
     settings = _settings(cfg)
     try:
         sources = _sources(index)

@@ -96,6 +96,8 @@ class Index:
     notes: list[str] = field(default_factory=list)
     partition_names: tuple[str, ...] = ()
     has_groups: bool = False
+    # How a record becomes uint8 (3, size, size) given (record, size, resize); None: decode its image file.
+    decode: Callable[[Record, int, str], np.ndarray] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------- CSV
@@ -507,6 +509,11 @@ def fit(im: Image.Image, size: int, resize: str = "crop") -> Image.Image:
     raise ValueError(f"unknown resize mode '{resize}'; choose from: {', '.join(RESIZE_MODES)}")
 
 
+def square_rgb(im: Image.Image, size: int, resize: str = "crop") -> np.ndarray:
+    """Any PIL image as uint8 (3, size, size): made 8-bit RGB, then `fit`."""
+    return np.asarray(fit(_to_rgb(im), size, resize), dtype=np.uint8).transpose(2, 0, 1)
+
+
 def decode_image(path: str | Path, size: int, resize: str = "crop") -> np.ndarray:
     """Decode one image file (any size; JPEG/PNG/...; RGB, grey, RGBA, CMYK, palette, 8 or 16 bit) to uint8
     (3, size, size). EXIF orientation is applied. Raises DataError naming the file when it cannot be decoded."""
@@ -516,13 +523,11 @@ def decode_image(path: str | Path, size: int, resize: str = "crop") -> np.ndarra
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the result stays >= 2x the target size.
                 im.draft(None, (2 * size, 2 * size))
             im.load()
-            im = ImageOps.exif_transpose(im)
-            out = fit(_to_rgb(im), size, resize)
-            arr = np.asarray(out, dtype=np.uint8)
+            arr = square_rgb(ImageOps.exif_transpose(im), size, resize)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except Exception as e:  # PIL raises many types for corrupt data (OSError, SyntaxError, ValueError, ...)
         raise DataError(f"cannot decode image {path}: {e}") from None
-    if arr.shape != (size, size, 3):
+    if arr.shape != (3, size, size):
         raise DataError(f"cannot decode image {path}: got an array of shape {arr.shape}")
-    return arr.transpose(2, 0, 1)
+    return arr

@@ -1,10 +1,10 @@
 """Turn the config's `data` section into train/val/test image sets.
 
-Real datasets (isic2018, isic2017, aptos2019, folder) are read from their cache (built or reused by
+Real datasets (isic2018, isic2017, aptos2019, medmnist, folder) are read from their cache (built or reused by
 `fgssl.data.cache.prepare`; training never decodes the original files), then split:
 
-- ISIC 2017 and ISIC 2018 with ``data.split: auto`` use the official Training / Validation / Test (ISIC 2017:
-  Test_v2) parts when all three are present (``official`` insists on them); otherwise the pooled images are split
+- ISIC 2017, ISIC 2018 and MedMNIST with ``data.split: auto`` use the official Training / Validation / Test (ISIC
+  2017: Test_v2; MedMNIST: train / val / test) parts when all three are present (``official`` insists on them); otherwise the pooled images are split
   like every other dataset:
 - stratified by class into train/val/test by ``val_fraction`` / ``test_fraction``; when images carry a group id
   (HAM10000 ``lesion_id``, a folder's ``group_column``) whole groups are assigned, so no lesion or patient straddles
@@ -27,6 +27,7 @@ from ..config import DataConfig
 from . import synthetic
 from .errors import DataError, DataWarning
 from .images import ImageSet, stratified_split
+from .medmnist import MEDMNIST_SPLITS
 from .official import ISIC2017_PARTS, ISIC2018_PARTS, isic2018_part
 
 
@@ -96,6 +97,7 @@ class OfficialParts(NamedTuple):
 OFFICIAL_PARTS: dict[str, OfficialParts] = {
     "isic2017": OfficialParts("ISIC 2017", ISIC2017_PARTS, lambda part: f"ISIC-2017_{part}_Data/"),
     "isic2018": OfficialParts("ISIC 2018", ISIC2018_PARTS, lambda part: f"{isic2018_part(part)[0]}/"),
+    "medmnist": OfficialParts("MedMNIST", MEDMNIST_SPLITS, lambda part: f"key '{part}_images'"),
 }
 
 
