@@ -24,6 +24,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("node", "hospital: one authenticated SuperNode over TLS that trains on this site's own data", "node_cmd"),
     ("nodes", "rehearsal: several hospitals' SuperNodes on this machine (own keys and state, one ClientApp launcher)",
      "nodes_cmd"),
+    ("evaluate", "a trained model's full metric set on a labelled dataset (calibration, ROC/PR curves, sensitivity at "
+                 "fixed specificity, flips), as JSON, Markdown and HTML", "evaluate_cmd"),
     ("predict", "class probabilities for new images from a trained model (run directory or model.json), as a CSV",
      "predict_cmd"),
     ("report", "write report.md, a self-contained report.html and plots/ for a simulate run (finished or not)",

@@ -19,6 +19,7 @@ __all__ = [
     "confusion_matrix",
     "macro_auc_ovr",
     "macro_f1",
+    "per_class_precision",
     "per_class_recall",
     "quadratic_weighted_kappa",
 ]
@@ -117,6 +118,13 @@ def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     """Recall of each class; ``None`` for classes that never occur in ``y_true``."""
     recall, present = _recalls(confusion_matrix(y_true, y_pred, num_classes))
     return [float(r) if ok else None for r, ok in zip(recall, present)]
+
+
+def per_class_precision(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[float | None]:
+    """Precision of each class (its share of correct predictions); ``None`` for classes never predicted."""
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    predicted = cm.sum(axis=0)
+    return [float(cm[k, k] / predicted[k]) if predicted[k] else None for k in range(cm.shape[0])]
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:

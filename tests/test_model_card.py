@@ -20,15 +20,16 @@ from fgssl.train import predict
 from .conftest import TINY, merge
 
 
-def _saved(tmp_path, **model):
+def _saved(tmp_path, names=("nv", "mel", "bkl"), **model):
+    """A run folder with an untrained tiny model for the classes `names`: its model.safetensors and model.json."""
     cfg = load_config(None, [], base=merge(TINY, {"model": model} if model else {}))
     torch.manual_seed(3)
-    net = build_model(cfg.model, 3)
+    net = build_model(cfg.model, len(names))
     run = tmp_path / "run"
-    run.mkdir()
+    run.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(run / "model.safetensors"))
     summary = {"command": "train", "test": {"balanced_accuracy": 0.5, "accuracy": 0.6, "per_class_recall": {}}}
-    write_model_card(run, describe(cfg, ("nv", "mel", "bkl"), summary))
+    write_model_card(run, describe(cfg, names, summary))
     return run, net, cfg
 
 

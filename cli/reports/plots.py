@@ -253,3 +253,63 @@ def save_compare_curves(path: str | Path, series: dict[str, list[tuple[int, floa
     _legend(ax, len(series) + len(references))
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+# ---- evaluation figures (`fgssl evaluate`) ----
+
+
+def save_reliability_diagram(path: str | Path, bins: Sequence[dict], ece: float, title: str = "") -> Path:
+    """Accuracy against mean confidence per confidence bin (bars; the diagonal is perfect calibration), and how many
+    images each bin holds."""
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(6.5, 6.5), dpi=REPORT_DPI, sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    lower = np.array([b["lower"] for b in bins])
+    width = np.array([b["upper"] - b["lower"] for b in bins])
+    filled = [i for i, b in enumerate(bins) if b["count"]]
+    acc = np.array([bins[i]["accuracy"] for i in filled])
+    conf = np.array([bins[i]["confidence"] for i in filled])
+    ax.bar(lower[filled], acc, width[filled], align="edge", color="tab:blue", edgecolor="white", label="accuracy")
+    centre = lower[filled] + width[filled] / 2
+    ax.vlines(centre, acc, conf, color="tab:red", linewidth=1.5)
+    ax.scatter(centre, conf, marker="_", s=250, color="tab:red", zorder=3, label="mean confidence (gap: red line)")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1.2, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy of the bin's images")
+    ax.set_title(title or f"Reliability diagram (ECE {ece:.3f}, {len(bins)} bins)", fontsize=11)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    ax_n.bar(lower, [b["count"] for b in bins], width, align="edge", color="grey", edgecolor="white")
+    ax_n.set_xlabel("confidence (highest class probability)")
+    ax_n.set_ylabel("images")
+    ax_n.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_class_curves(path: str | Path, curves: dict[str, tuple[Sequence[float], Sequence[float], float]],
+                      kind: str, title: str = "") -> Path:
+    """One-vs-rest curve of every class: `kind` "roc" (true- against false-positive rate, chance dashed) or "pr"
+    (precision against recall). `curves`: class -> (x, y, area)."""
+    fig, ax = plt.subplots(figsize=REPORT_FIGSIZE, dpi=REPORT_DPI)
+    cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    area = "AUC" if kind == "roc" else "AP"
+    for k, (name, (x, y, value)) in enumerate(curves.items()):
+        # precision-recall points are steps: a point's precision holds over the recall it adds (average precision)
+        ax.plot(x, y, color=cmap(k % cmap.N), linewidth=1.6, drawstyle="default" if kind == "roc" else "steps-pre",
+                label=f"{name} ({area} {value:.3f})")
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1.0, label="chance")
+        ax.set_xlabel("false-positive rate (1 − specificity)")
+        ax.set_ylabel("true-positive rate (sensitivity)")
+    else:
+        ax.set_xlabel("recall (sensitivity)")
+        ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or ("ROC curves, one class against the rest" if kind == "roc"
+                           else "Precision-recall curves, one class against the rest"), fontsize=11)
+    _legend(ax, len(curves) + 1)
+    fig.tight_layout()
+    return save_figure(fig, path)

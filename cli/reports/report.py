@@ -260,7 +260,8 @@ def _jigsaw_plot(run: Run, out_dir: Path) -> Plot | str:
 Block = tuple  # ("h1"|"h2"|"p"|"warn", text) | ("table", columns, rows) | ("img", Plot)
 
 
-def _fmt(v: Any) -> str:
+def fmt_cell(v: Any) -> str:
+    """A table cell: 3 decimals (3 significant digits when tiny), "–" for nothing or a non-finite number."""
     if v is None:
         return "–"
     if isinstance(v, bool):
@@ -368,11 +369,11 @@ def _metrics_table(run: Run, final: dict[str, dict[str, Any]]) -> Block:
     rows = []
     for s in sites:
         m = final[s]
-        row = [_site_label(s)] + [_fmt(m.get(k)) for k, _ in METRIC_COLUMNS]
+        row = [_site_label(s)] + [fmt_cell(m.get(k)) for k, _ in METRIC_COLUMNS]
         if below_majority(m):  # more accurate to always answer the majority class: say so in the cell
             row[1 + [k for k, _ in METRIC_COLUMNS].index("accuracy")] += " ▼ under the majority rate"
         if has_eps:
-            row.append(_fmt(m.get("epsilon")))
+            row.append(fmt_cell(m.get("epsilon")))
         if has_err:
             row.append(f"evaluation failed: {m['eval_error']}" if m.get("eval_error") else
                        "kept at the site (sample-level DP)" if m.get("kept_at_site") else "")
@@ -413,7 +414,7 @@ def _privacy_blocks(run: Run) -> list[Block]:
             if isinstance(per_site.get(s), dict):
                 eps, delta = per_site[s].get("epsilon", eps), per_site[s].get("delta", delta)
             refused = sum(1 for r in run.records if str(r["site"]) == s and r.get("status") == "refused")
-            rows.append([_site_label(s), _fmt(eps), f"{delta:.1e}" if is_finite_number(delta) else "–", _fmt(rnd),
+            rows.append([_site_label(s), fmt_cell(eps), f"{delta:.1e}" if is_finite_number(delta) else "–", fmt_cell(rnd),
                          f"{budget:g}" if budget is not None else "none", str(refused)])
         blocks.append(("table", ["site", "ε spent", "δ", "as of round", label.split(" (")[0] or "budget",
                                  "rounds refused"], rows))

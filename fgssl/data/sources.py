@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +29,11 @@ from .errors import DataError, DataWarning
 from .images import ImageSet, stratified_split
 from .medmnist import MEDMNIST_SPLITS
 from .official import ISIC2017_PARTS, ISIC2018_PARTS, isic2018_part
+
+if TYPE_CHECKING:
+    from .cache import ProgressArg
+
+SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass
@@ -130,7 +135,7 @@ def cached_splits(cfg: DataConfig, seed: int, data) -> tuple[list[np.ndarray], l
     return parts, notes
 
 
-def prepared_cache(cfg: DataConfig, *, workers: int = 1, progress: bool = True):
+def prepared_cache(cfg: DataConfig, *, workers: int = 1, progress: ProgressArg = True):
     """Build (or reuse, when still valid) the cache of the real dataset `cfg` names and open it.
 
     Returns (`PrepareResult`, `CachedData`); the images stay on disk (memory map) until rows are indexed.
@@ -141,22 +146,41 @@ def prepared_cache(cfg: DataConfig, *, workers: int = 1, progress: bool = True):
     return prepared, load_cache(prepared.path)
 
 
+def _open_cache(cfg: DataConfig, progress: ProgressArg, workers: int):
+    """The cache of a real dataset (built when missing or stale), what it says about its images, and its skips."""
+    prepared, data = prepared_cache(cfg, workers=workers, progress=progress)
+    notes = list(prepared.notes)
+    if prepared.skipped:
+        notes.append(f"{len(prepared.skipped)} bad image(s) skipped (data.skip_bad_images), listed in "
+                     f"{prepared.path / 'skipped.csv'}")
+    return data, notes, prepared.skipped
+
+
 def load_splits(cfg: DataConfig, seed: int, *, progress: bool = True, workers: int = 1) -> Splits:
     """Train/val/test image sets for the configured dataset; real datasets are built into / read from the cache."""
     if cfg.dataset == "synthetic":
         return split(synthetic_pool(cfg, seed), cfg, seed)
-    from .cache import load_cache, prepare
-
-    prepared = prepare(cfg, workers=workers, progress=progress)
-    data = load_cache(prepared.path)
+    data, cache_notes, skipped = _open_cache(cfg, progress, workers)
     parts, split_notes = cached_splits(cfg, seed, data)
-    notes = [(n, True) for n in prepared.notes] + split_notes
-    skipped = prepared.skipped
-    if skipped:
-        notes.append((f"{len(skipped)} bad image(s) skipped (data.skip_bad_images), listed in "
-                      f"{prepared.path / 'skipped.csv'}", True))
+    notes = [(n, True) for n in cache_notes] + split_notes
     for note, caveat in notes:
         if caveat:
             warnings.warn(note, DataWarning, stacklevel=2)
     train, val, test = (_take(data, p) for p in parts)
     return Splits(train, val, test, notes=[n for n, _ in notes], skipped=skipped)
+
+
+def load_split(cfg: DataConfig, seed: int, which: str, *, progress: ProgressArg = True,
+               workers: int = 1) -> tuple[ImageSet, list[str]]:
+    """One split of the configured dataset as training makes it ("train", "val", "test"), or "all" its images, with
+    notes on them (returned, not warned: the caller shows them)."""
+    if which not in (*SPLIT_NAMES, "all"):
+        raise ValueError(f"unknown split {which!r}; choose from: {', '.join(SPLIT_NAMES)}, all")
+    if cfg.dataset == "synthetic":
+        pool = synthetic_pool(cfg, seed)
+        return (pool if which == "all" else getattr(split(pool, cfg, seed), which)), []
+    data, notes, _ = _open_cache(cfg, progress, workers)
+    if which == "all":
+        return _take(data, np.arange(len(data))), notes
+    parts, split_notes = cached_splits(cfg, seed, data)
+    return _take(data, parts[SPLIT_NAMES.index(which)]), notes + [n for n, _ in split_notes]
