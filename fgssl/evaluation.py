@@ -183,8 +183,8 @@ def evaluate_model(model: FGSSLNet, card: dict[str, Any], data: EvaluationData, 
     plain, flipped = class_probabilities(model, images, tta=tta, batch_size=batch_size, progress=progress)
     labels = images.labels.numpy()
     record: dict[str, Any] = {
-        "model": {"class_names": names, "image_size": card["preprocessing"]["image_size"],
-                  "resize": card["preprocessing"]["resize"], "trained_on": (card.get("training") or {}).get("dataset"),
+        "model": {"class_names": names, "image_size": data.cfg.image_size, "resize": data.cfg.resize,
+                  "trained_on": (card.get("training") or {}).get("dataset"),
                   "privacy": (card.get("privacy") or {}).get("text")},
         "data": {"dataset": data.cfg.dataset, "root": data.cfg.root, "split": data.split, "split_seed": data.seed,
                  "num_images": len(images), "class_counts": dict(zip(names, images.class_counts())),
