@@ -19,7 +19,7 @@ from fgssl.data import synthetic
 from fgssl.data.errors import DataWarning
 from fgssl.data.images import ImageSet
 from fgssl.data.official import ISIC2018_CLASSES, ISIC2018_IMAGES, isic2018_part
-from fgssl.data.sources import load_splits
+from fgssl.data.sources import load_split, load_splits
 from fgssl.evaluation import class_probabilities, evaluation_data
 from fgssl.model_card import load_model
 
@@ -106,6 +106,10 @@ def test_a_split_is_the_one_training_made(tmp_path, capsys):
     assert list(record["data"]["class_counts"].values()) == want.class_counts()
     assert _evaluate(str(run), "--dataset", "synthetic", "--out", str(tmp_path / "all"), "--quiet") == 0
     assert "only --split test holds images it never saw" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown split 'holdout'"):
+        load_split(data.cfg, data.seed, "holdout")
+    card["training"]["command"] = "simulate"  # sites split the data their own way: no split here is unseen
+    assert "trained by a federation" in evaluation_data(card, "synthetic", None, "test").notes[0]
 
 
 def test_graded_medmnist_and_a_subset_named_like_the_model(tmp_path):

@@ -36,6 +36,10 @@ def test_reliability_and_ece_by_hand():
     assert out["bins"][0]["confidence"] is None
     # a perfectly calibrated set: confidence 1.0 and always right
     assert reliability(np.eye(3), np.arange(3))["ece"] == 0.0
+    with pytest.raises(ValueError, match="do not fit 2 labels"):
+        reliability(np.eye(3), np.arange(2))
+    with pytest.raises(ValueError, match="bins must be >= 1"):
+        reliability(np.eye(3), np.arange(3), bins=0)
 
 
 def _brute_force_auc(scores, positive):
@@ -62,6 +66,10 @@ def test_roc_and_pr_curves_with_ties():
         last_recall = recall
     assert c.average_precision == pytest.approx(ap)
     assert one_vs_rest(scores, np.zeros(40, bool)) is None
+    with pytest.raises(ValueError, match="40 scores but 39 positive flags"):
+        one_vs_rest(scores, positive[:39])
+    with pytest.raises(ValueError, match="NaN"):
+        one_vs_rest(np.r_[np.nan, scores[1:]], positive)
 
 
 def test_one_vs_rest_aucs_agree_with_the_macro_auc():
@@ -87,6 +95,8 @@ def test_sensitivity_at_specificity_is_the_best_threshold():
     perfect = sensitivity_at_specificity(np.r_[np.zeros(10), np.ones(5)], np.r_[np.zeros(10, bool), np.ones(5, bool)])
     assert [r["sensitivity"] for r in perfect] == [1.0, 1.0, 1.0]
     assert sensitivity_at_specificity([0.1, 0.2], [True, True])[0]["sensitivity"] is None
+    with pytest.raises(ValueError, match="target specificity is in"):
+        sensitivity_at_specificity([0.1, 0.2], [True, False], (1.5,))
 
 
 def test_evaluation_metrics_graded_and_positive_class():

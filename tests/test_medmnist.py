@@ -100,6 +100,8 @@ def test_the_server_knows_a_subset_from_the_file_name(tmp_path):
     ("dermamnist.npz", {"train_images": np.zeros((21, 28, 28, 4), np.uint8)}, ["key 'train_images'",
                                                                               "(21, 28, 28, 4)"]),
     ("dermamnist.npz", {"test_labels": np.zeros((14, 7), np.uint8)}, ["key 'test_labels'", "multi-label"]),
+    ("dermamnist.npz", {"val_images": np.zeros((0, 28, 28, 3), np.uint8), "val_labels": np.zeros((0, 1), np.uint8)},
+     ["key 'val_images' holds no images"]),
     ("chestmnist.npz", {}, ["chestmnist is multi-label"]),
     ("organmnist3d.npz", {}, ["organmnist3d holds 3-D volumes"]),
 ])
@@ -123,6 +125,9 @@ def test_bad_roots_are_named(tmp_path):
         prepare(cfg_for("medmnist", tmp_path / "broken_dermamnist.npz", tmp_path), progress=False)
     with raises_naming(str(tmp_path / "nowhere.npz"), "not found"):
         prepare(cfg_for("medmnist", tmp_path / "nowhere.npz", tmp_path), progress=False)
+    make_npz(tmp_path / "derma.npz")  # a MedMNIST file says so in its name
+    with raises_naming(str(tmp_path / "derma.npz"), "not a MedMNIST file"):
+        prepare(cfg_for("medmnist", tmp_path / "derma.npz", tmp_path), progress=False)
 
 
 def test_prepare_command_on_a_medmnist_file(tmp_path, capsys):

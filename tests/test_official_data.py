@@ -315,6 +315,11 @@ def test_isic2018_official_validation_and_test_parts(tmp_path):
     test_gt.rename(tmp_path / "gt.csv")
     with raises_naming("label file not found", str(test_gt)):
         scan(cfg)
+    val_images = root / official.isic2018_part("Validation")[0]
+    val_images.rename(tmp_path / "val_images")
+    with raises_naming("image folder not found", str(val_images), "ISIC2018_Task3_Validation_GroundTruth.csv exist"):
+        scan(cfg)
+    (tmp_path / "val_images").rename(val_images)
     shutil.rmtree(root / official.isic2018_part("Test")[0])
     with pytest.warns(DataWarning, match="official Test not found"):
         assert sum(load_splits(cfg, seed=0, progress=False).sizes().values()) == 21

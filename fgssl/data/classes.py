@@ -26,10 +26,7 @@ def class_names_of(cfg: DataConfig) -> tuple[str, ...]:
         return FIXED_CLASSES[cfg.dataset]
     if cfg.dataset == "medmnist":  # the subset, named by the file
         from .medmnist import class_names_for
-        if not cfg.root:
-            raise DataError("a federation on 'medmnist' data needs data.root naming the file (e.g. dermamnist.npz): "
-                            "its name says the subset and so the classes", "data.root")
-        return class_names_for(cfg.root)
+        return class_names_for(str(cfg.root))  # a validated config has one
     if not cfg.class_names:
         raise DataError("a federation on 'folder' data needs data.class_names in its config: the server reads no "
                         "CSV, and every hospital's labels must map to the same classifier outputs",
