@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from fgssl.config import Config, ConfigError
+from fgssl.privacy.data_ledger import data_statement
 from fgssl.rundir import RunDir
 
 from .sites import build_sites
@@ -83,7 +85,8 @@ def simulate(cfg: Config, run_dir: RunDir, *, resume: bool = False,
         f"{[len(p) for p in sites.parts]} (partition.json)")
     result: dict[str, Any] = {}
     server_app = make_server_app(cfg, run_dir, sites.class_names(), resume=resume,
-                                 pooled_test=sites.pooled_test(), say=say, on_round=on_round, result=result)
+                                 pooled_test=sites.pooled_test(), say=say, on_round=on_round, result=result,
+                                 data_statement=partial(data_statement, cfg, sites.data_ledger))
     run_simulation(server_app=server_app, client_app=make_client_app(lambda _context: (cfg, sites)),
                    num_supernodes=cfg.federation.sites, backend_config=backend_config(cfg))
     if not result:

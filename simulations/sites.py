@@ -25,6 +25,7 @@ from fgssl.data import synthetic
 from fgssl.data.errors import DataError, DataWarning
 from fgssl.data.images import ImageSet
 from fgssl.data.sources import Splits, cached_splits, split, synthetic_pool
+from fgssl.privacy.data_ledger import DataLedgerRef, data_ledger_ref
 
 from .partition import compute_partition
 from .shift import apply_site_shift
@@ -45,6 +46,8 @@ class SimulatedSites:
     cache: Path | None = None
     names: tuple[str, ...] = ()
     fingerprint: str = ""
+    # Real data sets: their ledger over every run on the images (synthetic images keep per-run ledgers only).
+    data_ledger: DataLedgerRef | None = None
 
     def splits(self, site: int) -> Splits:
         if self.cache is None:
@@ -136,7 +139,7 @@ def build_sites(cfg: Config, run_dir: Path, save: bool = True) -> SimulatedSites
         for note in caveats:
             warnings.warn(note, DataWarning, stacklevel=2)
     return SimulatedSites(cfg, parts, run_dir / "sites", cache=cache, names=tuple(manifest["class_names"]),
-                          fingerprint=_fingerprint(cache))
+                          fingerprint=_fingerprint(cache), data_ledger=data_ledger_ref(cfg, cache, parts))
 
 
 @dataclass
