@@ -125,11 +125,11 @@ class Lifetime:
     related: list[Path] = field(default_factory=list)  # other data sets' ledgers that share images with this one
 
 
-def related_ledgers(ref: DataLedgerRef, ids: set[str]) -> list[Path]:
-    """The other ledgers in the same folder that hold one of `ids`."""
+def related_ledgers(own: Path, ids: set[str]) -> list[Path]:
+    """The other ledgers in the folder of the ledger `own` that hold one of `ids`."""
     out = []
-    for path in sorted(ref.path.parent.glob("*.sqlite3")):
-        if path.resolve() == ref.path.resolve():
+    for path in sorted(own.parent.glob("*.sqlite3")):
+        if path.resolve() == own.resolve():
             continue
         try:
             with PrivacyLedger(path, readonly=True) as other:
@@ -150,7 +150,7 @@ def ledger_delta(entries: Sequence[LedgerEntry]) -> float | None:
 def lifetime(ref: DataLedgerRef) -> Lifetime:
     with open_data_ledger(ref) as ledger:
         entries, ids = ledger.history(), ledger.image_ids()
-    related = related_ledgers(ref, ids)
+    related = related_ledgers(ref.path, ids)
     for path in related:
         with PrivacyLedger(path, readonly=True) as other:
             entries += other.history()
