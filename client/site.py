@@ -147,6 +147,10 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
     progress = (float(round_cfg["progress_start"]), float(round_cfg["progress_end"]))
     data = labelled_train(cfg, splits.train, site, state_dir) if phase == "finetune" else splits.train
     mirror = _mirror(sites, site, round_cfg)
+    if "weights_sha256" in round_cfg:  # the public weights the run started from, as its coordinator declares them
+        with PrivacyLedger(state_dir) as ledger:
+            ledger.record_weights(run_id=str(round_cfg.get("run_id", "run")), sha256=str(round_cfg["weights_sha256"]),
+                                  path=str(round_cfg["weights_path"]), source=str(round_cfg["weights_source"]))
     if cfg.privacy.mode == "sample":
         private = private_round(model, data, phase, cfg, state_dir, site=site,
                                 run_id=str(round_cfg.get("run_id", "run")), rnd=rnd, epochs=epochs,

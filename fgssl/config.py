@@ -124,6 +124,9 @@ class ModelConfig:
     groups: int = 16
     # Optional local file with torchvision ImageNet weights (.pth state dict or .safetensors). Never downloaded.
     weights: str | None = None
+    # Where model.weights come from, in words (recorded with the file's SHA-256 in the sites' privacy ledgers); null =
+    # what the model.json beside the file says (data set and privacy of the run that wrote it), else "undeclared".
+    weights_source: str | None = None
 
     def validate(self, p: str) -> None:
         _require(self.backbone in BACKBONES, f"{p}.backbone",
@@ -138,6 +141,8 @@ class ModelConfig:
                      f"file not found: {self.weights} (a local torchvision state dict, or the model.safetensors of "
                      f"an `fgssl train` run, e.g. on public data: simulations/configs/public_pretrain.yaml; "
                      f"nothing is downloaded)")
+        _require(self.weights_source is None or (self.weights is not None and bool(self.weights_source.strip())),
+                 f"{p}.weights_source", "declares where model.weights come from: needs model.weights, and not empty")
 
 
 @dataclass(frozen=True)

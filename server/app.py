@@ -21,6 +21,8 @@ from fgssl.metrics import classification_metrics
 from fgssl.model import FGSSLNet, build_model
 from fgssl.model_card import describe, write_model_card
 from fgssl.privacy.client_level import ClientLevelAccount
+from fgssl.privacy.data_ledger import run_key
+from fgssl.privacy.provenance import public_weights
 from fgssl.rundir import RunDir
 from fgssl.selection import Selection
 from fgssl.train import evaluate
@@ -124,6 +126,7 @@ class FederatedRun:
         # A simulation's word on its images' ledgers (fgssl.privacy.data_ledger.data_statement), for the summary.
         self.data_statement = data_statement
         self.run_uid = ""
+        self.weights = public_weights(cfg)  # its hash and source go to every site's ledger
         # One model serves as the initial global weights and, later, for the pooled evaluation.
         self.model = initial_model(cfg, len(class_names))
         self.global_ = {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
@@ -176,7 +179,8 @@ class FederatedRun:
 
     def train_round(self, rnd: int) -> dict[int, dict[str, Any]]:
         round_cfg = {**self.strategy.round_config(rnd, self.cfg.seed), "run_id": self.run_dir.path.name,
-                     "run_uid": self.run_uid, "upload_encoding": self.cfg.upload_encoding}
+                     "run_uid": self.run_uid, "upload_encoding": self.cfg.upload_encoding,
+                     **(self.weights.to_round_config() if self.weights else {})}
         keys = self.strategy.keys_to_send(round_cfg["phase"])
         sent = {k: self.global_[k] for k in keys}
         if self.cfg.federation.secure_aggregation:  # the server learns only the mean change, through SecAgg+
@@ -328,7 +332,8 @@ class FederatedRun:
         chosen = self.selection.best_state if self.selection.best_step is not None else None
         self.run_dir.save_weights({k: torch.from_numpy(np.array(v)) for k, v in chosen.items()} if chosen else last)
         final = self.selected_eval if chosen else self.last_eval
-        summary = {"command": "simulate", "rounds": fed.total_rounds, "sites": len(self.sites),
+        summary = {"command": "simulate", "run_id": run_key(self.run_dir.path.name, self.run_uid),
+                   "rounds": fed.total_rounds, "sites": len(self.sites),
                    "class_names": self.class_names, "chance_balanced_accuracy": 1.0 / len(self.class_names),
                    "elapsed_s": round(time.time() - started, 1), "final": dict(final or {}),
                    "final_round": self.selection.best_step if chosen else fed.total_rounds,
@@ -354,7 +359,7 @@ def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]], pooled_te
     images' ledgers say (a simulation's lifetime of its real images, or that synthetic ones have per-run ledgers)."""
     out = _run_statement(cfg, spent, pooled_test_at_server)
     if data:
-        out = {**out, "data_ledger": data, "text": f"{out['text']} {data['text']}"}
+        out = {**out, "data_ledger": data, "data_key": data.get("data_key"), "text": f"{out['text']} {data['text']}"}
     return out
 
 

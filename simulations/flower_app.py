@@ -25,6 +25,7 @@ from client.local_site import LocalSite, NodeConfigError, NodeSettings, is_deplo
 from client.site import SiteProvider
 from fgssl.config import Config, config_from_dict, load_config
 from fgssl.privacy.data_ledger import data_statement
+from fgssl.privacy.provenance import check_public_weights
 from fgssl.rundir import RunDir
 from server.app import FederatedRun, wait_for_sites
 from server.deployment import DEPLOYMENT_KEY, RESOLVED_CONFIG_KEY, RESUME_KEY, run_deployment
@@ -89,6 +90,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = RunDir(str(context.run_config.get("run-dir", "runs/flwr-run")))
     run_dir.write_config(cfg)
     sites = build_sites(cfg, run_dir.path)
+    check_public_weights(cfg, sites.data_key)
     nodes = wait_for_sites(grid, cfg.federation.sites, timeout=cfg.federation.round_timeout_s)
     FederatedRun(cfg, run_dir, grid, nodes, sites.class_names(), sites.pooled_test(), print,
                  data_statement=partial(data_statement, cfg, sites.data_ledger)).run(resume=False)

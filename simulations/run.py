@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from fgssl.config import Config, ConfigError
 from fgssl.privacy.data_ledger import data_statement
+from fgssl.privacy.provenance import check_public_weights
 from fgssl.rundir import RunDir
 
 from .sites import build_sites
@@ -81,6 +82,7 @@ def simulate(cfg: Config, run_dir: RunDir, *, resume: bool = False,
         say(f"attaching to the Ray cluster at {cfg.simulation.ray_address} (its nodes must have fgssl installed "
             f"and see {run_dir.path} and the data at the same paths)")
     sites = build_sites(cfg, run_dir.path)
+    check_public_weights(cfg, sites.data_key)  # before anything trains
     say(f"partition: {cfg.partition.method} over {cfg.federation.sites} sites, sizes "
         f"{[len(p) for p in sites.parts]} (partition.json)")
     result: dict[str, Any] = {}

@@ -24,7 +24,7 @@ from fgssl.config import Config
 from fgssl.data import synthetic
 from fgssl.data.errors import DataError, DataWarning
 from fgssl.data.images import ImageSet
-from fgssl.data.sources import Splits, cached_splits, split, synthetic_pool
+from fgssl.data.sources import Splits, cached_splits, split, synthetic_key, synthetic_pool
 from fgssl.privacy.data_ledger import DataLedgerRef, data_ledger_ref
 
 from .partition import compute_partition
@@ -85,6 +85,11 @@ class SimulatedSites:
                         tuple(self.names))
         train, val, test = (pool.subset(p) for p in parts)
         return Splits(train, val, test, notes=notes)
+
+    @property
+    def data_key(self) -> str:
+        """Which images the sites share: a real data set's content key, or the synthetic population's."""
+        return self.data_ledger.key if self.data_ledger else synthetic_key(self.cfg.data, self.cfg.seed)
 
     def site_rows(self, site: int) -> np.ndarray:
         """The pool indices (for a real data set: cache rows) of `site`, sorted: the order its images are read in."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import Config
+from ..data.sources import synthetic_key
 from .ledger import LedgerEntry, LedgerError, PrivacyLedger, ledger_epsilon
 
 LEDGER_DIR = "privacy-ledgers"
@@ -169,11 +170,12 @@ def data_statement(cfg: Config, ref: DataLedgerRef | None) -> dict[str, Any]:
     """The part of a simulation's privacy statement about the images' lifetime (real data) or its absence
     (synthetic data: per-run ledgers)."""
     if ref is None:
-        return {"scope": "run", "text": "The images are synthetic: each site's ledger is per run "
+        return {"scope": "run", "data_key": synthetic_key(cfg.data, cfg.seed),
+                "text": "The images are synthetic: each site's ledger is per run "
                                         "(sites/site_<i>/privacy_ledger.sqlite3) and nothing carries over to another "
                                         "run; a real data set keeps one ledger over all runs on its images."}
     life = lifetime(ref)
-    out: dict[str, Any] = {"scope": "data set", "ledger": str(life.path), "runs": len(life.runs),
+    out: dict[str, Any] = {"scope": "data set", "data_key": ref.key, "ledger": str(life.path), "runs": len(life.runs),
                            "epsilon": life.epsilon if math.isfinite(life.epsilon) else None, "delta": life.delta,
                            "related_ledgers": [str(p) for p in life.related]}
     also = f" and {len(life.related)} ledger(s) of data sets sharing images with it" if life.related else ""
