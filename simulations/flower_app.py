@@ -93,4 +93,4 @@ def main(grid: Grid, context: Context) -> None:
     check_public_weights(cfg, sites.data_key)
     nodes = wait_for_sites(grid, cfg.federation.sites, timeout=cfg.federation.round_timeout_s)
     FederatedRun(cfg, run_dir, grid, nodes, sites.class_names(), sites.pooled_test(), print,
-                 data_statement=partial(data_statement, cfg, sites.data_ledger)).run(resume=False)
+                 data_statement=partial(data_statement, cfg, sites.data_ledger, sites.groups())).run(resume=False)

@@ -88,7 +88,7 @@ def simulate(cfg: Config, run_dir: RunDir, *, resume: bool = False,
     result: dict[str, Any] = {}
     server_app = make_server_app(cfg, run_dir, sites.class_names(), resume=resume,
                                  pooled_test=sites.pooled_test(), say=say, on_round=on_round, result=result,
-                                 data_statement=partial(data_statement, cfg, sites.data_ledger))
+                                 data_statement=partial(data_statement, cfg, sites.data_ledger, sites.groups()))
     run_simulation(server_app=server_app, client_app=make_client_app(lambda _context: (cfg, sites)),
                    num_supernodes=cfg.federation.sites, backend_config=backend_config(cfg))
     if not result:

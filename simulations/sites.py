@@ -25,7 +25,7 @@ from fgssl.data import synthetic
 from fgssl.data.errors import DataError, DataWarning
 from fgssl.data.images import ImageSet
 from fgssl.data.sources import Splits, cached_splits, split, synthetic_key, synthetic_pool
-from fgssl.privacy.data_ledger import DataLedgerRef, data_ledger_ref
+from fgssl.privacy.data_ledger import DataLedgerRef, Groups, data_ledger_ref, largest_group
 
 from .partition import compute_partition
 from .shift import apply_site_shift
@@ -85,6 +85,20 @@ class SimulatedSites:
                         tuple(self.names))
         train, val, test = (pool.subset(p) for p in parts)
         return Splits(train, val, test, notes=notes)
+
+    def groups(self) -> Groups | None:
+        """The largest lesion/patient group at each site's training images and in the data set (None when the data
+        set names no groups, or is synthetic): what the group-privacy statement needs."""
+        if self.cache is None:
+            return None
+        from fgssl.data.cache import load_cache
+
+        data = load_cache(self.cache)
+        if not data.manifest.get("has_groups"):
+            return None
+        per_site = {s: largest_group(data.groups[self.split_rows(s)[0]].tolist()) for s in range(len(self.parts))}
+        return Groups(per_site, largest_group(data.groups.tolist()),
+                      {s: self.state_root / f"site_{s}" for s in range(len(self.parts))})
 
     @property
     def data_key(self) -> str:

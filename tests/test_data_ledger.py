@@ -261,3 +261,39 @@ def test_a_second_simulation_on_the_same_images_continues_their_ledger(tmp_path)
     assert first["epsilon"] == pytest.approx(statements[0]["max_epsilon_spent"], rel=1e-6)
     assert second["epsilon"] > max(first["epsilon"], statements[1]["max_epsilon_spent"])
     assert "Lifetime of these images over all 2 run(s)" in statements[1]["text"]
+    assert second["groups"]["largest_group"] == 3 and "The unit is one image" in statements[1]["text"]
+
+
+def test_with_lesion_ids_the_statement_names_the_unit_and_the_group_bound(tmp_path):
+    """Mironov 2017 Prop. 11, recomputed here with Opacus: (α, ε(α))-RDP gives (α/4, 9·ε(α))-RDP for groups of up to
+    4 (so 3) images, from the orders α ≥ 8."""
+    from fgssl.privacy.data_ledger import Groups
+    from simulations.sites import build_sites
+
+    root = make_folder(tmp_path / "data")  # lesions of 3 images (the last of 1)
+    cfg = config_from_dict(folder_config(root, tmp_path / "cache", privacy={"mode": "sample", "noise_multiplier": 1}))
+    (tmp_path / "run").mkdir()
+    sites = build_sites(cfg, tmp_path / "run")
+    groups = sites.groups()
+    assert groups.data_set == 3 and set(groups.per_site) == {0, 1} and all(1 <= k <= 3 for k in groups.per_site.values())
+    mechanisms = {0: [Mechanism(sample_rate=0.1, noise_multiplier=1.5, steps=20)],
+                  1: [Mechanism(sample_rate=0.1, noise_multiplier=3.0, steps=20)]}
+    for site, ms in mechanisms.items():
+        with site_history(sites.state_dir(site), ms, "run") as own:
+            copy_to_data_ledger(sites.data_ledger, own, run="run@1", site=site)
+    chosen = Groups({0: 3, 1: 1}, 3, groups.site_ledgers)
+    statement = data_statement(cfg, sites.data_ledger, chosen)["groups"]
+
+    def by_prop_11(curve: np.ndarray) -> float:
+        keep = np.array(RDP_ORDERS) >= 8
+        return rdp_analysis.get_privacy_spent(orders=list(np.array(RDP_ORDERS)[keep] / 4), rdp=9 * curve[keep],
+                                              delta=DELTA)[0]
+
+    single = rdp_analysis.get_privacy_spent(orders=list(RDP_ORDERS), rdp=opacus_curve(mechanisms[1]), delta=DELTA)[0]
+    assert statement["per_site"]["0"]["epsilon"] == pytest.approx(by_prop_11(opacus_curve(mechanisms[0])), rel=1e-9)
+    assert statement["per_site"]["1"] == {"k": 1, "epsilon": pytest.approx(single, rel=1e-9), "delta": DELTA}
+    worst = np.maximum(opacus_curve(mechanisms[0]), opacus_curve(mechanisms[1]))
+    assert statement["lifetime_epsilon"] == pytest.approx(by_prop_11(worst), rel=1e-9)
+    assert statement["lifetime_epsilon"] > lifetime(sites.data_ledger).epsilon
+    assert "The unit is one image" in statement["text"] and "site 0: k = 3" in statement["text"]
+    assert "largest group in the data set, k = 3" in statement["text"]

@@ -451,3 +451,16 @@ def test_a_version_1_ledger_reads_as_it_was_and_is_upgraded_on_writing(tmp_path)
     with pytest.raises(LedgerError, match="not found"):
         PrivacyLedger(tmp_path / "missing.sqlite3", readonly=True)
     assert not (tmp_path / "missing.sqlite3").exists()
+
+
+def test_group_epsilon_is_the_per_image_epsilon_for_one_image_and_grows_with_the_group():
+    from fgssl.privacy.accounting import group_epsilon, rdp_curve
+
+    curve = rdp_curve(HISTORY)
+    single = epsilon(HISTORY, DELTA)
+    assert group_epsilon(curve, 1, DELTA) == pytest.approx(single, rel=1e-12)
+    by_k = [group_epsilon(curve, k, DELTA) for k in (1, 2, 3, 4, 5)]
+    assert by_k[0] < by_k[1] < by_k[2] == by_k[3] < by_k[4]  # 3 and 4 share c = 2
+    assert group_epsilon(curve, 1000, DELTA) == float("inf")  # no order α ≥ 2^11 is computed: no bound
+    with pytest.raises(PrivacyParameterError, match="k"):
+        group_epsilon(curve, 0, DELTA)

@@ -211,8 +211,8 @@ def rdp_curve(history: Sequence[Mechanism]) -> "np.ndarray":
     return rdp
 
 
-def rdp_to_epsilon(curve: "np.ndarray", delta: float) -> float:
-    """ε at `delta` of an RDP curve over `RDP_ORDERS` (Opacus' get_privacy_spent, Balle et al. 2020 Thm. 21); inf
+def rdp_to_epsilon(curve: "np.ndarray", delta: float, orders: Sequence[float] = RDP_ORDERS) -> float:
+    """ε at `delta` of an RDP curve over `orders` (Opacus' get_privacy_spent, Balle et al. 2020 Thm. 21); inf
     when the curve is inf at every order."""
     import numpy as np
     from opacus.accountants.analysis import rdp as rdp_analysis
@@ -225,8 +225,26 @@ def rdp_to_epsilon(curve: "np.ndarray", delta: float) -> float:
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         # "Optimal order is the smallest/largest alpha": the bound is still valid, only looser than it could be.
         warnings.filterwarnings("ignore", message="Optimal order is the")
-        eps, _order = rdp_analysis.get_privacy_spent(orders=list(RDP_ORDERS), rdp=curve, delta=delta)
+        eps, _order = rdp_analysis.get_privacy_spent(orders=list(orders), rdp=curve, delta=delta)
     return float(eps)
+
+
+def group_epsilon(curve: "np.ndarray", k: int, delta: float) -> float:
+    """ε at `delta` for a group of up to `k` images, from a per-image RDP curve over `RDP_ORDERS`: Mironov 2017
+    ("Rényi Differential Privacy"), Prop. 11: a mechanism that is (α, ε)-RDP is (α/2^c, 3^c·ε)-RDP for data sets that
+    differ in up to 2^c records, for α ≥ 2^(c+1); c = ⌈log2 k⌉. Orders below 2^(c+1) give nothing; inf when none is
+    left. k = 1 is the per-image ε."""
+    import numpy as np
+
+    k = check_count(k, "k")
+    if k == 1:
+        return max(rdp_to_epsilon(curve, delta), 0.0)
+    c = math.ceil(math.log2(k))
+    keep = np.array([a >= 2 ** (c + 1) for a in RDP_ORDERS])
+    if not keep.any():
+        return math.inf
+    orders = [a / 2 ** c for a in np.array(RDP_ORDERS)[keep]]
+    return max(rdp_to_epsilon(3 ** c * np.asarray(curve)[keep], delta, orders), 0.0)
 
 
 def worst_holder_curve(runs: Sequence[Sequence[Sequence[Mechanism]]]) -> "np.ndarray":

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 from ..config import Config
 from ..data.sources import synthetic_key
-from .ledger import LedgerEntry, LedgerError, PrivacyLedger, ledger_epsilon
+from .accounting import group_epsilon, rdp_curve, worst_holder_curve
+from .ledger import DEFAULT_FILENAME, LedgerEntry, LedgerError, PrivacyLedger, by_run_and_holder, ledger_epsilon
 
 LEDGER_DIR = "privacy-ledgers"
 ALL_SITES = "all"  # the holder of every entry of a run whose sites may share images: they then simply compose
@@ -124,6 +125,26 @@ class Lifetime:
     runs: list[str]
     unprotected: LedgerEntry | None  # the first release without a DP guarantee, if any
     related: list[Path] = field(default_factory=list)  # other data sets' ledgers that share images with this one
+    entries: list[LedgerEntry] = field(default_factory=list)  # its own and the related ledgers'
+
+
+@dataclass(frozen=True)
+class Groups:
+    """How many images the largest group (lesion, patient) has: in each simulated site's training images, and in the
+    whole data set; and where each site's own ledger is. The unit of the guarantee is one image; a group of k images
+    is protected only by the group-privacy bound (`accounting.group_epsilon`)."""
+
+    per_site: dict[int, int]
+    data_set: int
+    site_ledgers: dict[int, Path]
+
+
+def largest_group(groups: Sequence[str]) -> int:
+    """The size of the largest group among `groups` (one id per image; "" = unknown, an image on its own)."""
+    from collections import Counter
+
+    known = Counter(g for g in groups if g)
+    return max(known.values(), default=1)
 
 
 def related_ledgers(own: Path, ids: set[str]) -> list[Path]:
@@ -159,16 +180,48 @@ def lifetime(ref: DataLedgerRef) -> Lifetime:
     eps = ledger_epsilon(entries, delta) if delta is not None else 0.0
     runs = list(dict.fromkeys(e.run_id for e in entries))
     unprotected = next((e for e in entries if e.kind == "unprotected"), None)
-    return Lifetime(ref.path, eps, delta, runs, unprotected, related)
+    return Lifetime(ref.path, eps, delta, runs, unprotected, related, entries)
 
 
 def unprotected_reason(e: LedgerEntry) -> str:
     return f"run {e.run_id} trained on them without sample-level DP ({e.label}, round {e.round})"
 
 
-def data_statement(cfg: Config, ref: DataLedgerRef | None) -> dict[str, Any]:
+def group_statement(groups: Groups, life: Lifetime) -> dict[str, Any]:
+    """The group-privacy bound at each site (its ledger in this run, its largest group k) and over the images'
+    lifetime (the largest group in the data set: in another run a lesion's images may be at any site)."""
+    per_site = {}
+    for site, k in sorted(groups.per_site.items()):
+        path = groups.site_ledgers.get(site)
+        if path is None or not (path / DEFAULT_FILENAME).is_file():
+            continue
+        with PrivacyLedger(path, readonly=True) as ledger:
+            entries = ledger.history()
+        delta = ledger_delta(entries)
+        if delta is not None:
+            eps = group_epsilon(rdp_curve([e.mechanism for e in entries]), k, delta)
+            per_site[str(site)] = {"k": k, "epsilon": eps if math.isfinite(eps) else None, "delta": delta}
+    curve = worst_holder_curve(by_run_and_holder(life.entries))
+    lifetime_eps = group_epsilon(curve, groups.data_set, life.delta) if life.delta is not None else 0.0
+    sites = "; ".join(f"site {s}: k = {v['k']}, ε ≤ {_eps(v['epsilon'])} at δ = {v['delta']:g}"
+                      for s, v in per_site.items())
+    text = (f"The unit is one image. Images come in groups (lesion or patient ids), and a group of k images is "
+            f"protected only by the group-privacy bound, computed from the same RDP curves (Mironov 2017, Prop. 11: "
+            f"(α, ε)-RDP gives (α/2^c, 3^c·ε)-RDP for up to 2^c images): this run, largest group at each site's "
+            f"training images: {sites}; over the images' lifetime (largest group in the data set, k = "
+            f"{groups.data_set}): ε ≤ {_eps(lifetime_eps)} at δ = {life.delta:g}.")
+    return {"unit": "one image", "largest_group": groups.data_set, "per_site": per_site,
+            "lifetime_epsilon": lifetime_eps if math.isfinite(lifetime_eps) else None, "text": text}
+
+
+def _eps(value: float | None) -> str:
+    return "∞" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def data_statement(cfg: Config, ref: DataLedgerRef | None, groups: Groups | None = None) -> dict[str, Any]:
     """The part of a simulation's privacy statement about the images' lifetime (real data) or its absence
-    (synthetic data: per-run ledgers)."""
+    (synthetic data: per-run ledgers); with `groups` (real data with lesion or patient ids) and sample-level DP,
+    the group-privacy bound too."""
     if ref is None:
         return {"scope": "run", "data_key": synthetic_key(cfg.data, cfg.seed),
                 "text": "The images are synthetic: each site's ledger is per run "
@@ -191,5 +244,9 @@ def data_statement(cfg: Config, ref: DataLedgerRef | None) -> dict[str, Any]:
     out["text"] = (f"Lifetime of these images over all {len(life.runs)} run(s) recorded in their data ledger "
                    f"{life.path}{also}: ε = {life.epsilon:.2f} at δ = {life.delta:g} (RDP; each run counts its worst "
                    f"site, since one image is at one site). A simulated site's budget (privacy.max_epsilon) holds per "
-                   f"run; this lifetime figure is what holds for everything all these runs released.")
+                   f"run; this lifetime figure is what holds for everything the sites of all these runs released (not "
+                   f"the simulation's own pooled test metrics).")
+    if groups is not None and cfg.privacy.mode == "sample":
+        out["groups"] = group_statement(groups, life)
+        out["text"] += " " + out["groups"]["text"]
     return out
