@@ -297,3 +297,10 @@ def test_with_lesion_ids_the_statement_names_the_unit_and_the_group_bound(tmp_pa
     assert statement["lifetime_epsilon"] > lifetime(sites.data_ledger).epsilon
     assert "The unit is one image" in statement["text"] and "site 0: k = 3" in statement["text"]
     assert "largest group in the data set, k = 3" in statement["text"]
+
+
+def test_a_data_ledger_with_nothing_recorded_says_so(tmp_path):
+    cfg_dict = folder_config(make_folder(tmp_path / "data"), tmp_path / "cache")
+    ref = ref_of(cfg_dict)
+    statement = data_statement(config_from_dict(cfg_dict), ref)
+    assert statement["runs"] == 0 and "No release about these images is recorded" in statement["text"]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import Config
+from ..data.cache import cache_base, content_key, load_cache
 from ..data.sources import synthetic_key
 from .accounting import group_epsilon, rdp_curve, worst_holder_curve
 from .ledger import DEFAULT_FILENAME, LedgerEntry, LedgerError, PrivacyLedger, by_run_and_holder, ledger_epsilon
@@ -46,15 +47,11 @@ def ledger_dir(cfg: Config) -> Path:
     """privacy.ledger_dir, else `privacy-ledgers/` in the cache folder (writable: the cache was written there)."""
     if cfg.privacy.ledger_dir:
         return Path(cfg.privacy.ledger_dir).resolve()
-    from ..data.cache import cache_base
-
     return (cache_base(cfg.data) / LEDGER_DIR).resolve()
 
 
 def data_ledger_ref(cfg: Config, cache: Path, parts: Sequence[Sequence[int]] | None = None) -> DataLedgerRef:
     """The ledger of the real data set prepared in `cache`; `parts`: each simulated site's images (pool indices)."""
-    from ..data.cache import content_key, load_cache
-
     key = content_key(load_cache(cache))
     disjoint = parts is None or len({int(i) for p in parts for i in p}) == sum(len(p) for p in parts)
     return DataLedgerRef(ledger_dir(cfg) / f"{key}.sqlite3", key, Path(cache).resolve(), disjoint)
@@ -65,8 +62,6 @@ def open_data_ledger(ref: DataLedgerRef) -> PrivacyLedger:
     ledger = PrivacyLedger(ref.path, timeout=60.0)  # several simulated sites write it at once: wait for each other
     try:
         if ledger.meta("data_key") is None:
-            from ..data.cache import load_cache
-
             ledger.add_images(load_cache(ref.cache).ids.tolist())
         bound = ledger.bind("data_key", ref.key)  # after the ids: a ledger with a key always has its ids
         if bound != ref.key:
@@ -189,7 +184,8 @@ def unprotected_reason(e: LedgerEntry) -> str:
 
 def group_statement(groups: Groups, life: Lifetime) -> dict[str, Any]:
     """The group-privacy bound at each site (its ledger in this run, its largest group k) and over the images'
-    lifetime (the largest group in the data set: in another run a lesion's images may be at any site)."""
+    lifetime (the largest group in the data set: in another run a lesion's images may be at any site); `life` has
+    at least one entry."""
     per_site = {}
     for site, k in sorted(groups.per_site.items()):
         path = groups.site_ledgers.get(site)
@@ -202,7 +198,7 @@ def group_statement(groups: Groups, life: Lifetime) -> dict[str, Any]:
             eps = group_epsilon(rdp_curve([e.mechanism for e in entries]), k, delta)
             per_site[str(site)] = {"k": k, "epsilon": eps if math.isfinite(eps) else None, "delta": delta}
     curve = worst_holder_curve(by_run_and_holder(life.entries))
-    lifetime_eps = group_epsilon(curve, groups.data_set, life.delta) if life.delta is not None else 0.0
+    lifetime_eps = group_epsilon(curve, groups.data_set, life.delta)
     sites = "; ".join(f"site {s}: k = {v['k']}, ε ≤ {_eps(v['epsilon'])} at δ = {v['delta']:g}"
                       for s, v in per_site.items())
     text = (f"The unit is one image. Images come in groups (lesion or patient ids), and a group of k images is "
@@ -240,6 +236,9 @@ def data_statement(cfg: Config, ref: DataLedgerRef | None, groups: Groups | None
         else:
             out["text"] = (f"Lifetime of these images: ε = ∞, because {unprotected_reason(life.unprotected)} "
                            f"(data ledger {life.path}{also}); no finite ε holds for everything released about them.")
+        return out
+    if life.delta is None:  # no site recorded anything (every one failed before its first release)
+        out["text"] = f"No release about these images is recorded in their data ledger {life.path} yet."
         return out
     out["text"] = (f"Lifetime of these images over all {len(life.runs)} run(s) recorded in their data ledger "
                    f"{life.path}{also}: ε = {life.epsilon:.2f} at δ = {life.delta:g} (RDP; each run counts its worst "
