@@ -295,7 +295,7 @@ def test_with_lesion_ids_the_statement_names_the_unit_and_the_group_bound(tmp_pa
     worst = np.maximum(opacus_curve(mechanisms[0]), opacus_curve(mechanisms[1]))
     assert statement["lifetime_epsilon"] == pytest.approx(by_prop_11(worst), rel=1e-9)
     assert statement["lifetime_epsilon"] > lifetime(sites.data_ledger).epsilon
-    assert "The unit is one image" in statement["text"] and "site 0: k = 3" in statement["text"]
+    assert "every ε above is for one image" in statement["text"] and "site 0: k = 3" in statement["text"]
     assert "largest group in the data set, k = 3" in statement["text"]
 
 

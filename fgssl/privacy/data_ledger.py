@@ -201,11 +201,11 @@ def group_statement(groups: Groups, life: Lifetime) -> dict[str, Any]:
     lifetime_eps = group_epsilon(curve, groups.data_set, life.delta)
     sites = "; ".join(f"site {s}: k = {v['k']}, ε ≤ {_eps(v['epsilon'])} at δ = {v['delta']:g}"
                       for s, v in per_site.items())
-    text = (f"The unit is one image. Images come in groups (lesion or patient ids), and a group of k images is "
-            f"protected only by the group-privacy bound, computed from the same RDP curves (Mironov 2017, Prop. 11: "
-            f"(α, ε)-RDP gives (α/2^c, 3^c·ε)-RDP for up to 2^c images): this run, largest group at each site's "
-            f"training images: {sites}; over the images' lifetime (largest group in the data set, k = "
-            f"{groups.data_set}): ε ≤ {_eps(lifetime_eps)} at δ = {life.delta:g}.")
+    text = (f"Groups (lesion or patient ids): every ε above is for one image; a whole group of k images has only "
+            f"the group-privacy bound, from the same RDP curves (Mironov 2017, Prop. 11: (α, ε)-RDP gives "
+            f"(α/2^c, 3^c·ε)-RDP for up to 2^c images). This run, largest group in each site's training images: "
+            f"{sites}; over the images' lifetime (largest group in the data set, k = {groups.data_set}): "
+            f"ε ≤ {_eps(lifetime_eps)} at δ = {life.delta:g}.")
     return {"unit": "one image", "largest_group": groups.data_set, "per_site": per_site,
             "lifetime_epsilon": lifetime_eps if math.isfinite(lifetime_eps) else None, "text": text}
 
