@@ -41,6 +41,9 @@ def add_node_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", help="folder data: the CSV column of labels")
     p.add_argument("--group-column", help="folder data: the CSV column of patient/lesion ids (group-aware splits)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable or missing images")
+    p.add_argument("--data-changed", action="store_true",
+                   help="the local data set changed since the state directory was first used (images added, removed, "
+                        "relabelled): its privacy ledger takes the new data set and keeps counting the old releases")
     p.add_argument("--max-wait-time", type=float, default=120.0, metavar="S",
                    help="give up after S seconds without the SuperLink (default: 120; 0 = keep trying)")
     p.add_argument("--verbose", action="store_true", help="print the SuperNode's whole log, not only key lines")

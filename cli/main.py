@@ -36,6 +36,8 @@ COMMANDS: list[tuple[str, str, str]] = [
      "sweep_cmd"),
     ("study", "an experiment's arms x seeds (train and simulate runs, resumable), its results table and plot",
      "study_cmd"),
+    ("ledger", "a privacy ledger's history (a node's state directory or a data set's ledger): entries, ε per run and "
+               "over its lifetime", "ledger_cmd"),
 ]
 
 

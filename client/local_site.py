@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from fgssl.config import Config, config_from_dict
+from fgssl.data.cache import cache_path, content_key, load_cache
 from fgssl.data.classes import class_names_of
+from fgssl.privacy.data_ledger import OtherDataError, check_node_data
 from fgssl.data.sources import Splits, load_splits, split, synthetic_pool
 
 from .node_settings import DATASET_KEY, NodeConfigError, NodeSettings, is_deployed
@@ -50,7 +52,10 @@ def local_config(cfg: Config, node: NodeSettings) -> Config:
 
 
 class LocalSite:
-    """SiteProvider for one deployed node: only its own site exists here."""
+    """SiteProvider for one deployed node: only its own site exists here, and its ledger in its own state directory
+    is the ledger of its data."""
+
+    data_ledger = None
 
     def __init__(self, federation: Config, node: NodeSettings, synthetic_indices: np.ndarray | None = None) -> None:
         self.federation, self.node = federation, node
@@ -74,6 +79,11 @@ class LocalSite:
                 splits = split(pool, data, self.cfg.seed + site)
             else:
                 splits = load_splits(data, self.cfg.seed, progress=False)
+                try:  # this state directory's ledger belongs to one data set
+                    check_node_data(self.node.state_dir, content_key(load_cache(cache_path(data))),
+                                    changed=self.node.data_changed)
+                except OtherDataError as e:
+                    raise NodeConfigError("data-changed", str(e)) from None
             expected = tuple(class_names_of(self.federation.data))
             if tuple(splits.train.class_names) != expected:
                 raise NodeConfigError(DATASET_KEY, f"this node's {data.dataset} data has classes "

@@ -41,6 +41,9 @@ class NodeSettings:
     label_column: str | None = None
     group_column: str | None = None
     skip_bad_images: bool = False
+    # The node's data set changed since its state directory was first used (images added, removed, relabelled): its
+    # ledger then takes the new data set's key and keeps counting (fgssl.privacy.data_ledger.check_node_data).
+    data_changed: bool = False
 
     def __post_init__(self) -> None:
         if self.site < 0:
@@ -101,12 +104,13 @@ class NodeSettings:
                    root=Path(root) if root else None, max_epsilon=number("max-epsilon"), delta=number("delta"),
                    csv=text("data-csv"),
                    path_column=text("data-path-column"), label_column=text("data-label-column"),
-                   group_column=text("data-group-column"), skip_bad_images=bool(values.get("skip-bad-images", False)))
+                   group_column=text("data-group-column"), skip_bad_images=bool(values.get("skip-bad-images", False)),
+                   data_changed=bool(values.get("data-changed", False)))
 
 
 _KEY_OF = {"root": "data-root", "max_epsilon": "max-epsilon", "delta": "delta", "csv": "data-csv",
            "path_column": "data-path-column", "label_column": "data-label-column", "group_column": "data-group-column",
-           "skip_bad_images": "skip-bad-images"}
+           "skip_bad_images": "skip-bad-images", "data_changed": "data-changed"}
 
 
 def is_deployed(node_config: Mapping[str, Any]) -> bool:

@@ -19,7 +19,9 @@ from fgssl.config import SITE_EVALUATIONS, Config
 from fgssl.data.images import ImageSet, labelled_part
 from fgssl.data.sources import Splits
 from fgssl.model import FGSSLNet, build_model
-from fgssl.privacy.node import private_round, record_unprotected_round
+from fgssl.privacy.data_ledger import DataLedgerRef, copy_to_data_ledger, run_key
+from fgssl.privacy.ledger import PrivacyLedger
+from fgssl.privacy.node import Mirror, private_round, record_unprotected_round
 from fgssl.rundir import RunDir, load_weights
 from fgssl.train import evaluate, resolve_device, train_local
 from strategies.groups import keys_matching
@@ -30,7 +32,10 @@ _LOCAL_FILE = re.compile(r"local_r(\d+)\.safetensors$")
 
 
 class SiteProvider(Protocol):
-    """Where a site's data and state live (simulated partitions, or a hospital's own folder)."""
+    """Where a site's data and state live (simulated partitions, or a hospital's own folder), and the ledger of the
+    real data set a simulation's sites share (None: each site's ledger is the only one, as at a hospital)."""
+
+    data_ledger: DataLedgerRef | None
 
     def splits(self, site: int) -> Splits: ...
 
@@ -118,6 +123,18 @@ def _apply_fault(cfg: Config, site: int, rnd: int, arrays: NamedArrays,
     return arrays, info
 
 
+def _mirror(sites: SiteProvider, site: int, round_cfg: dict[str, Any]) -> Mirror | None:
+    """How this site copies its ledger's new entries into its data set's ledger (None without one)."""
+    ref = sites.data_ledger
+    if ref is None:
+        return None
+    run = run_key(str(round_cfg.get("run_id", "run")), round_cfg.get("run_uid") or None)
+
+    def mirror(ledger: PrivacyLedger) -> None:
+        copy_to_data_ledger(ref, ledger, run=run, site=site)
+    return mirror
+
+
 def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArrays,
                 round_cfg: dict[str, Any]) -> tuple[NamedArrays, dict[str, Any]]:
     """Run the round's local training from the received weights; return the trained values of the same keys."""
@@ -129,16 +146,22 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
     epochs, max_batches = int(round_cfg["local_epochs"]), int(round_cfg["max_local_batches"]) or None
     progress = (float(round_cfg["progress_start"]), float(round_cfg["progress_end"]))
     data = labelled_train(cfg, splits.train, site, state_dir) if phase == "finetune" else splits.train
+    mirror = _mirror(sites, site, round_cfg)
+    if "weights_sha256" in round_cfg:  # the public weights the run started from, as its coordinator declares them
+        with PrivacyLedger(state_dir) as ledger:
+            ledger.record_weights(run_id=str(round_cfg.get("run_id", "run")), sha256=str(round_cfg["weights_sha256"]),
+                                  path=str(round_cfg["weights_path"]), source=str(round_cfg["weights_source"]))
     if cfg.privacy.mode == "sample":
         private = private_round(model, data, phase, cfg, state_dir, site=site,
                                 run_id=str(round_cfg.get("run_id", "run")), rnd=rnd, epochs=epochs,
-                                max_batches=max_batches, progress=progress)
+                                max_batches=max_batches, progress=progress, mirror=mirror)
         privacy = {k: v for k, v in (("epsilon", private.epsilon), ("delta", private.delta)) if math.isfinite(v)}
         if private.refused:
             return {}, {"refused": private.refused, **privacy}
         info: dict[str, Any] = {**private.metrics, **privacy}
     else:
-        record_unprotected_round(state_dir, cfg, run_id=str(round_cfg.get("run_id", "run")), rnd=rnd, phase=phase)
+        record_unprotected_round(state_dir, cfg, run_id=str(round_cfg.get("run_id", "run")), rnd=rnd, phase=phase,
+                                 mirror=mirror)
         gen = torch.Generator().manual_seed(site_seed(int(round_cfg["seed"]), site, rnd))
         # On the site's GPU where it has one (train.device); DP-SGD rounds above stay on the CPU, where their
         # per-sample clipping and noise are tested.

@@ -130,6 +130,9 @@ class ModelConfig:
     groups: int = 16
     # Optional local file with torchvision ImageNet weights (.pth state dict or .safetensors). Never downloaded.
     weights: str | None = None
+    # Where model.weights come from, in words (recorded with the file's SHA-256 in the sites' privacy ledgers); null =
+    # what the model.json beside the file says (data set and privacy of the run that wrote it), else "undeclared".
+    weights_source: str | None = None
 
     def validate(self, p: str) -> None:
         _require(self.backbone in BACKBONES, f"{p}.backbone",
@@ -144,6 +147,8 @@ class ModelConfig:
                      f"file not found: {self.weights} (a local torchvision state dict, or the model.safetensors of "
                      f"an `fgssl train` run, e.g. on public data: simulations/configs/public_pretrain.yaml; "
                      f"nothing is downloaded)")
+        _require(self.weights_source is None or (self.weights is not None and bool(self.weights_source.strip())),
+                 f"{p}.weights_source", "declares where model.weights come from: needs model.weights, and not empty")
 
 
 @dataclass(frozen=True)
@@ -480,6 +485,10 @@ class PrivacyConfig:
     grad_sample_mode: GradSampleMode = "hooks"
     # fresh: each progressive step draws its own Poisson batch; shared: one batch for all four (accounted σ/2).
     batch_reuse: BatchReuse = "fresh"
+    # Real data sets: the folder of their data ledgers (one per data set, over every run on its images; see
+    # fgssl/privacy/data_ledger.py). null = privacy-ledgers/ in the cache folder (data.cache_dir, else
+    # <root>/.fgssl-cache). Keep it: deleting a data ledger resets its images' lifetime ε to 0.
+    ledger_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode != "none" and self.noise_multiplier is None and self.target_epsilon is None:
@@ -500,6 +509,10 @@ class PrivacyConfig:
             _require(v is None or 0 < v < 1, f"{p}.{k}", f"must be in (0, 1), got {v}")
         _require(self.expected_batch_size is None or self.expected_batch_size >= 1, f"{p}.expected_batch_size",
                  f"must be >= 1, got {self.expected_batch_size}")
+        if self.ledger_dir is not None:
+            _require(bool(self.ledger_dir.strip()), f"{p}.ledger_dir", "must not be empty (null = the cache folder)")
+            _require(not Path(self.ledger_dir).exists() or Path(self.ledger_dir).is_dir(), f"{p}.ledger_dir",
+                     f"{self.ledger_dir} exists and is not a folder")
 
     @property
     def budget(self) -> float | None:
@@ -566,6 +579,13 @@ class Config:
             _require(self.train.pooled_sites, "train.only_site", "needs train.pooled_sites: true (it picks one of them)")
             _require(0 <= self.train.only_site < self.federation.sites, "train.only_site",
                      f"site {self.train.only_site} does not exist (federation.sites={self.federation.sites})")
+        if self.privacy.ledger_dir is not None:
+            _require(self.data.dataset != "synthetic", "privacy.ledger_dir",
+                     "only real data sets keep a data ledger (synthetic images have per-run ledgers); leave it null")
+            root = Path(self.data.root).resolve() if self.data.root else None
+            _require(root is None or not Path(self.privacy.ledger_dir).resolve().is_relative_to(root),
+                     "privacy.ledger_dir", f"must be outside the data folder data.root={self.data.root} (often "
+                     "read-only, and shared with whoever copies the images)")
         for i, f in enumerate(self.simulation.faults):
             _require(f.site < self.federation.sites, f"simulation.faults[{i}].site",
                      f"site {f.site} does not exist (federation.sites={self.federation.sites})")

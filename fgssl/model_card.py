@@ -43,7 +43,10 @@ def describe(cfg: Config, class_names: list[str] | tuple[str, ...], summary: dic
             "prediction": "argmax of the sum of the four branches' logits",
         },
         "training": {
-            "command": summary.get("command"), "dataset": cfg.data.dataset, "seed": cfg.seed,
+            "command": summary.get("command"), "run": summary.get("run_id"), "dataset": cfg.data.dataset,
+            # which images, and under which privacy: a DP run refuses these weights as "public" when they were trained
+            # on its own images without sample-level DP (fgssl/privacy/provenance.py)
+            "data_key": privacy.get("data_key"), "privacy_mode": cfg.privacy.mode, "seed": cfg.seed,
             "splits": summary.get("splits"), "sites": summary.get("sites"),
             "kept": (summary.get("selected") or {}).get("text"),
         },
@@ -101,7 +104,7 @@ def load_model(path: str | Path) -> tuple[FGSSLNet, dict[str, Any]]:
         raise ModelFileError(f"{weights_path.with_name(MODEL_CARD)}: key 'architecture' missing")
     # The trained weights replace whatever the run started from (model.weights names a file on the training machine).
     try:
-        model_cfg = config_from_dict({"model": {**arch, "weights": None}}).model
+        model_cfg = config_from_dict({"model": {**arch, "weights": None, "weights_source": None}}).model
     except ValueError as e:
         raise ModelFileError(f"{weights_path.with_name(MODEL_CARD)}: 'architecture' is not a valid model section: "
                              f"{e}") from None

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 CONFIG, METRICS, SUMMARY, PARTITION = "config.yaml", "metrics.jsonl", "summary.json", "partition.json"
+RUN_UID = "run_uid"
 
 
 class RunFileError(ValueError):
@@ -132,6 +134,16 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / METRICS
+
+    def uid(self, *, fresh: bool) -> str:
+        """This run's random id (RUN_UID in the folder): made anew for a fresh run, kept by a resumed one, so two runs
+        never share one, even in the same folder. Data ledgers tell runs apart by it."""
+        path = self.path / RUN_UID
+        if not fresh and path.is_file() and (kept := path.read_text(encoding="utf-8").strip()):
+            return kept
+        uid = secrets.token_hex(16)
+        _atomic_write(path, uid + "\n")
+        return uid
 
     def write_config(self, cfg: Config) -> Path:
         p = self.path / CONFIG

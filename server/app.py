@@ -21,6 +21,8 @@ from fgssl.metrics import classification_metrics
 from fgssl.model import FGSSLNet, build_model
 from fgssl.model_card import describe, write_model_card
 from fgssl.privacy.client_level import ClientLevelAccount
+from fgssl.privacy.data_ledger import run_key
+from fgssl.privacy.provenance import public_weights
 from fgssl.rundir import RunDir
 from fgssl.selection import Selection
 from fgssl.train import evaluate
@@ -116,10 +118,15 @@ def pooled_from_confusion(matrices: list[list[list[int]]], class_names: list[str
 
 class FederatedRun:
     def __init__(self, cfg: Config, run_dir: RunDir, grid: Grid, sites: dict[int, int], class_names: list[str],
-                 pooled_test: ImageSet | None, say: Say, on_round: RoundHook | None = None) -> None:
+                 pooled_test: ImageSet | None, say: Say, on_round: RoundHook | None = None,
+                 data_statement: Callable[[], dict[str, Any]] | None = None) -> None:
         self.cfg, self.run_dir, self.grid, self.sites = cfg, run_dir, grid, sites
         self.class_names, self.pooled_test, self.say = class_names, pooled_test, say
         self.on_round = on_round
+        # A simulation's word on its images' ledgers (fgssl.privacy.data_ledger.data_statement), for the summary.
+        self.data_statement = data_statement
+        self.run_uid = ""
+        self.weights = public_weights(cfg)  # its hash and source go to every site's ledger
         # One model serves as the initial global weights and, later, for the pooled evaluation.
         self.model = initial_model(cfg, len(class_names))
         self.global_ = {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
@@ -172,7 +179,8 @@ class FederatedRun:
 
     def train_round(self, rnd: int) -> dict[int, dict[str, Any]]:
         round_cfg = {**self.strategy.round_config(rnd, self.cfg.seed), "run_id": self.run_dir.path.name,
-                     "upload_encoding": self.cfg.upload_encoding}
+                     "run_uid": self.run_uid, "upload_encoding": self.cfg.upload_encoding,
+                     **(self.weights.to_round_config() if self.weights else {})}
         keys = self.strategy.keys_to_send(round_cfg["phase"])
         sent = {k: self.global_[k] for k in keys}
         if self.cfg.federation.secure_aggregation:  # the server learns only the mean change, through SecAgg+
@@ -269,6 +277,7 @@ class FederatedRun:
         fed = self.cfg.federation
         ckpt_dir = self.run_dir.path / "checkpoint"
         start = 1
+        self.run_uid = self.run_dir.uid(fresh=not resume)
         if resume:
             ckpt = load_checkpoint(ckpt_dir)
             if ckpt is not None:
@@ -323,12 +332,14 @@ class FederatedRun:
         chosen = self.selection.best_state if self.selection.best_step is not None else None
         self.run_dir.save_weights({k: torch.from_numpy(np.array(v)) for k, v in chosen.items()} if chosen else last)
         final = self.selected_eval if chosen else self.last_eval
-        summary = {"command": "simulate", "rounds": fed.total_rounds, "sites": len(self.sites),
+        summary = {"command": "simulate", "run_id": run_key(self.run_dir.path.name, self.run_uid),
+                   "rounds": fed.total_rounds, "sites": len(self.sites),
                    "class_names": self.class_names, "chance_balanced_accuracy": 1.0 / len(self.class_names),
                    "elapsed_s": round(time.time() - started, 1), "final": dict(final or {}),
                    "final_round": self.selection.best_step if chosen else fed.total_rounds,
                    "final_last": self.last_eval, "selected": self.selection.summary("round"),
-                   "privacy": privacy_statement(self.cfg, self.epsilon, "pooled" in (final or {}))}
+                   "privacy": privacy_statement(self.cfg, self.epsilon, "pooled" in (final or {}),
+                                                self.data_statement() if self.data_statement else None)}
         for site, spent in self.epsilon.items():  # ε is what each site has spent in the whole run
             summary["final"][site] = {**summary["final"].get(site, {}), **spent}
         self.run_dir.write_summary(summary)
@@ -342,9 +353,17 @@ def pooled_val(evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {k[len("val_"):]: v for k, v in pooled.items() if k.startswith("val_")}
 
 
-def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]],
-                      pooled_test_at_server: bool = False) -> dict[str, Any]:
-    """What guarantee the run has, in words and numbers (never an ε the mechanism does not give)."""
+def privacy_statement(cfg: Config, spent: dict[str, dict[str, float]], pooled_test_at_server: bool = False,
+                      data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What guarantee the run has, in words and numbers (never an ε the mechanism does not give); `data`: what the
+    images' ledgers say (a simulation's lifetime of its real images, or that synthetic ones have per-run ledgers)."""
+    out = _run_statement(cfg, spent, pooled_test_at_server)
+    if data:
+        out = {**out, "data_ledger": data, "data_key": data.get("data_key"), "text": f"{out['text']} {data['text']}"}
+    return out
+
+
+def _run_statement(cfg: Config, spent: dict[str, dict[str, float]], pooled_test_at_server: bool) -> dict[str, Any]:
     p = cfg.privacy
     if p.mode == "none":
         return {"guarantee": "none", "text": "No differential privacy: updates are plain model weights."}
@@ -393,13 +412,15 @@ def _round_line(rnd: int, total: int, phase: str, train: dict, evals: dict, secs
 
 def make_server_app(cfg: Config, run_dir: RunDir, class_names: list[str], *, resume: bool = False,
                     pooled_test: ImageSet | None = None, say: Say = print, on_round: RoundHook | None = None,
-                    result: dict[str, Any] | None = None) -> ServerApp:
+                    result: dict[str, Any] | None = None,
+                    data_statement: Callable[[], dict[str, Any]] | None = None) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         sites = wait_for_sites(grid, cfg.federation.sites, timeout=cfg.federation.round_timeout_s)
-        summary = FederatedRun(cfg, run_dir, grid, sites, class_names, pooled_test, say, on_round).run(resume)
+        summary = FederatedRun(cfg, run_dir, grid, sites, class_names, pooled_test, say, on_round,
+                               data_statement).run(resume)
         if result is not None:
             result.update(summary)
 

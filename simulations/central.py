@@ -15,12 +15,15 @@ from typing import Any, Callable, Protocol
 import torch
 
 from fgssl.config import Config
+from fgssl.data.cache import cache_path
 from fgssl.data.errors import DataWarning
 from fgssl.data.images import labelled_part
-from fgssl.data.sources import load_splits
+from fgssl.data.sources import load_splits, synthetic_key
 from fgssl.metrics import below_majority
 from fgssl.model import build_model
 from fgssl.model_card import describe, write_model_card
+from fgssl.privacy.data_ledger import data_ledger_ref, open_data_ledger, record_training_without_dp, run_key
+from fgssl.privacy.provenance import public_weights
 from fgssl.rundir import RunDir
 from fgssl.selection import Selection
 from fgssl.train import evaluate, resolve_device, train_local
@@ -35,6 +38,24 @@ class Progress(Protocol):
     def emit(self, event: str, line: str | None = None, *, result: bool = False, **fields: Any) -> None: ...
 
     def bar(self, step: str, total: int) -> AbstractContextManager[Callable[..., None]]: ...
+
+
+def _record_central_training(cfg: Config, run_dir: RunDir) -> dict[str, Any]:
+    """Centralised training has no DP: on a real data set, its images' data ledger records an unprotected release
+    (and the public weights it starts from) before the first step, so no later run on them prints a finite lifetime
+    ε. Returns the summary's privacy statement, with the data set's key and the run's id for model.json."""
+    run = run_key(run_dir.path.name, run_dir.uid(fresh=True)) or run_dir.path.name
+    if cfg.data.dataset == "synthetic":
+        return {"guarantee": "none", "data_key": synthetic_key(cfg.data, cfg.seed), "run_id": run,
+                "text": "No differential privacy; the images are synthetic (no data ledger)."}
+    ref = data_ledger_ref(cfg, cache_path(cfg.data))
+    record_training_without_dp(ref, run=run, what="centralised training (fgssl train)")
+    if (weights := public_weights(cfg)) is not None:
+        with open_data_ledger(ref) as ledger:
+            ledger.record_weights(run_id=run, sha256=weights.sha256, path=weights.path, source=weights.source)
+    return {"guarantee": "none", "data_key": ref.key, "run_id": run,
+            "text": f"No differential privacy: its images' data ledger {ref.path} records this run, so every run on "
+                    "them states a lifetime ε = ∞."}
 
 
 def train_central(cfg: Config, run_dir: RunDir, out: Progress) -> dict[str, Any]:
@@ -52,6 +73,7 @@ def train_central(cfg: Config, run_dir: RunDir, out: Progress) -> dict[str, Any]
             splits = pooled.splits
         else:
             splits = load_splits(cfg.data, cfg.seed, progress=out.shows_progress)
+    privacy = _record_central_training(cfg, run_dir)
     out.emit("data", f"data: {cfg.data.dataset}, {splits.sizes()} images of {cfg.data.image_size} px, "
              f"{splits.train.num_classes} classes", result=True, dataset=cfg.data.dataset, sizes=splits.sizes(),
              num_classes=splits.train.num_classes)
@@ -111,6 +133,7 @@ def train_central(cfg: Config, run_dir: RunDir, out: Progress) -> dict[str, Any]
                "chance_balanced_accuracy": 1.0 / splits.train.num_classes, "data_notes": splits.notes,
                "skipped_images": splits.skipped, "selected": selection.summary("epoch"), "val": val, "test": test,
                "test_last": test_last, "below_majority": below_majority(test),
+               "run_id": privacy.pop("run_id"), "privacy": privacy,
                **({"site_tests": site_tests} if pooled else {})}
     run_dir.log({"phase": "final", "split": "test", **test})
     run_dir.write_metrics_csv()

@@ -13,7 +13,7 @@ trains on that (`client.local_site`) instead of a simulated partition.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 from flwr.app import Context
@@ -24,6 +24,8 @@ from client.app import make_client_app
 from client.local_site import LocalSite, NodeConfigError, NodeSettings, is_deployed, local_config
 from client.site import SiteProvider
 from fgssl.config import Config, config_from_dict, load_config
+from fgssl.privacy.data_ledger import data_statement
+from fgssl.privacy.provenance import check_public_weights
 from fgssl.rundir import RunDir
 from server.app import FederatedRun, wait_for_sites
 from server.deployment import DEPLOYMENT_KEY, RESOLVED_CONFIG_KEY, RESUME_KEY, run_deployment
@@ -88,5 +90,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = RunDir(str(context.run_config.get("run-dir", "runs/flwr-run")))
     run_dir.write_config(cfg)
     sites = build_sites(cfg, run_dir.path)
+    check_public_weights(cfg, sites.data_key)
     nodes = wait_for_sites(grid, cfg.federation.sites, timeout=cfg.federation.round_timeout_s)
-    FederatedRun(cfg, run_dir, grid, nodes, sites.class_names(), sites.pooled_test(), print).run(resume=False)
+    FederatedRun(cfg, run_dir, grid, nodes, sites.class_names(), sites.pooled_test(), print,
+                 data_statement=partial(data_statement, cfg, sites.data_ledger, sites.groups())).run(resume=False)

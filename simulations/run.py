@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from fgssl.config import Config, ConfigError
+from fgssl.privacy.data_ledger import data_statement
+from fgssl.privacy.provenance import check_public_weights
 from fgssl.rundir import RunDir
 
 from .sites import build_sites
@@ -79,11 +82,13 @@ def simulate(cfg: Config, run_dir: RunDir, *, resume: bool = False,
         say(f"attaching to the Ray cluster at {cfg.simulation.ray_address} (its nodes must have fgssl installed "
             f"and see {run_dir.path} and the data at the same paths)")
     sites = build_sites(cfg, run_dir.path)
+    check_public_weights(cfg, sites.data_key)  # before anything trains
     say(f"partition: {cfg.partition.method} over {cfg.federation.sites} sites, sizes "
         f"{[len(p) for p in sites.parts]} (partition.json)")
     result: dict[str, Any] = {}
     server_app = make_server_app(cfg, run_dir, sites.class_names(), resume=resume,
-                                 pooled_test=sites.pooled_test(), say=say, on_round=on_round, result=result)
+                                 pooled_test=sites.pooled_test(), say=say, on_round=on_round, result=result,
+                                 data_statement=partial(data_statement, cfg, sites.data_ledger, sites.groups()))
     run_simulation(server_app=server_app, client_app=make_client_app(lambda _context: (cfg, sites)),
                    num_supernodes=cfg.federation.sites, backend_config=backend_config(cfg))
     if not result:

@@ -24,7 +24,8 @@ from fgssl.config import Config
 from fgssl.data import synthetic
 from fgssl.data.errors import DataError, DataWarning
 from fgssl.data.images import ImageSet
-from fgssl.data.sources import Splits, cached_splits, split, synthetic_pool
+from fgssl.data.sources import Splits, cached_splits, split, synthetic_key, synthetic_pool
+from fgssl.privacy.data_ledger import DataLedgerRef, Groups, data_ledger_ref, largest_group
 
 from .partition import compute_partition
 from .shift import apply_site_shift
@@ -45,6 +46,8 @@ class SimulatedSites:
     cache: Path | None = None
     names: tuple[str, ...] = ()
     fingerprint: str = ""
+    # Real data sets: their ledger over every run on the images (synthetic images keep per-run ledgers only).
+    data_ledger: DataLedgerRef | None = None
 
     def splits(self, site: int) -> Splits:
         if self.cache is None:
@@ -82,6 +85,25 @@ class SimulatedSites:
                         tuple(self.names))
         train, val, test = (pool.subset(p) for p in parts)
         return Splits(train, val, test, notes=notes)
+
+    def groups(self) -> Groups | None:
+        """The largest lesion/patient group at each site's training images and in the data set (None when the data
+        set names no groups, or is synthetic): what the group-privacy statement needs."""
+        if self.cache is None:
+            return None
+        from fgssl.data.cache import load_cache
+
+        data = load_cache(self.cache)
+        if not data.manifest.get("has_groups"):
+            return None
+        per_site = {s: largest_group(data.groups[self.split_rows(s)[0]].tolist()) for s in range(len(self.parts))}
+        return Groups(per_site, largest_group(data.groups.tolist()),
+                      {s: self.state_root / f"site_{s}" for s in range(len(self.parts))})
+
+    @property
+    def data_key(self) -> str:
+        """Which images the sites share: a real data set's content key, or the synthetic population's."""
+        return self.data_ledger.key if self.data_ledger else synthetic_key(self.cfg.data, self.cfg.seed)
 
     def site_rows(self, site: int) -> np.ndarray:
         """The pool indices (for a real data set: cache rows) of `site`, sorted: the order its images are read in."""
@@ -136,7 +158,7 @@ def build_sites(cfg: Config, run_dir: Path, save: bool = True) -> SimulatedSites
         for note in caveats:
             warnings.warn(note, DataWarning, stacklevel=2)
     return SimulatedSites(cfg, parts, run_dir / "sites", cache=cache, names=tuple(manifest["class_names"]),
-                          fingerprint=_fingerprint(cache))
+                          fingerprint=_fingerprint(cache), data_ledger=data_ledger_ref(cfg, cache, parts))
 
 
 @dataclass

@@ -77,6 +77,30 @@ def test_a_node_reads_its_own_dataset_into_its_state_dir(tmp_path):
         site.splits(0)
 
 
+def test_a_state_directory_keeps_to_its_data_set(tmp_path):
+    """A node's ledger belongs to the data it was first used with: another data set in the same state directory is
+    refused, naming the flag that says it is the same patients' data changed; then the ledger takes it on."""
+    from fgssl.privacy.ledger import PrivacyLedger
+
+    root = tmp_path / "ISIC2018"
+    make_isic2018(root, per_class=4)
+    federation = load_config(None, ["data.dataset=isic2018", "data.root=x", "data.image_size=32"])
+    node = NodeSettings(site=0, dataset="isic2018", state_dir=tmp_path / "state", root=root)
+    LocalSite(federation, node).splits(0)
+    LocalSite(federation, node).splits(0)  # the same data again: fine
+    grown = tmp_path / "ISIC2018-grown"
+    make_isic2018(grown, per_class=5)  # the hospital's data set now holds more images
+    moved = NodeSettings(site=0, dataset="isic2018", state_dir=tmp_path / "state", root=grown)
+    with pytest.raises(NodeConfigError, match="'data-changed'.*first used with another data set.*--data-changed"):
+        LocalSite(federation, moved).splits(0)
+    changed = NodeSettings(site=0, dataset="isic2018", state_dir=tmp_path / "state", root=grown, data_changed=True)
+    assert NodeSettings.from_node_config(changed.to_node_config()) == changed
+    LocalSite(federation, changed).splits(0)
+    LocalSite(federation, moved).splits(0)  # now bound to the new data set
+    with PrivacyLedger(tmp_path / "state", readonly=True) as ledger:
+        assert ledger.meta("data_key").startswith("images-")
+
+
 def test_a_node_with_other_classes_than_the_federation_is_refused(tmp_path):
     root = tmp_path / "APTOS"
     make_aptos(root)

@@ -423,3 +423,44 @@ def test_an_unprotected_release_makes_every_epsilon_infinite():
     assert math.isfinite(epsilon([dp], 1e-5))
     for accountant in ("rdp", "prv"):
         assert epsilon([dp, Mechanism.unprotected("trained with privacy.mode=none")], 1e-5, accountant) == math.inf
+
+
+def test_a_version_1_ledger_reads_as_it_was_and_is_upgraded_on_writing(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    c = sqlite3.connect(path)
+    c.executescript(
+        "CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, round INTEGER NOT NULL,"
+        " phase TEXT NOT NULL, kind TEXT NOT NULL, steps INTEGER NOT NULL, sample_rate REAL NOT NULL,"
+        " noise_multiplier REAL NOT NULL, delta REAL NOT NULL, label TEXT NOT NULL, status TEXT NOT NULL,"
+        " created_at TEXT NOT NULL, committed_at TEXT);"
+        "INSERT INTO entries (run_id, round, phase, kind, steps, sample_rate, noise_multiplier, delta, label, status,"
+        " created_at) VALUES ('old', 1, 'finetune', 'subsampled_gaussian', 40, 0.05, 1.2, 1e-5, 'x', 'reserved', 't');"
+        f"PRAGMA application_id={0x4647504C}; PRAGMA user_version=1;")
+    c.close()
+    old = Mechanism(sample_rate=0.05, noise_multiplier=1.2, steps=40, label="x")
+    with PrivacyLedger(path, readonly=True) as ledger:
+        [entry] = ledger.history()
+        assert entry.site is None and ledger.weights() == [] and ledger.spent(DELTA) == epsilon([old], DELTA)
+    with PrivacyLedger(path) as ledger:  # a writer upgrades it in place
+        assert [e.run_id for e in ledger.history()] == ["old"] and ledger.spent(DELTA) == epsilon([old], DELTA)
+        with PrivacyLedger(path) as again:
+            assert ledger.uid and ledger.uid == again.uid
+    c = sqlite3.connect(path)
+    assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+    c.close()
+    with pytest.raises(LedgerError, match="not found"):
+        PrivacyLedger(tmp_path / "missing.sqlite3", readonly=True)
+    assert not (tmp_path / "missing.sqlite3").exists()
+
+
+def test_group_epsilon_is_the_per_image_epsilon_for_one_image_and_grows_with_the_group():
+    from fgssl.privacy.accounting import group_epsilon, rdp_curve
+
+    curve = rdp_curve(HISTORY)
+    single = epsilon(HISTORY, DELTA)
+    assert group_epsilon(curve, 1, DELTA) == pytest.approx(single, rel=1e-12)
+    by_k = [group_epsilon(curve, k, DELTA) for k in (1, 2, 3, 4, 5)]
+    assert by_k[0] < by_k[1] < by_k[2] == by_k[3] < by_k[4]  # 3 and 4 share c = 2
+    assert group_epsilon(curve, 1000, DELTA) == float("inf")  # no order α ≥ 2^11 is computed: no bound
+    with pytest.raises(PrivacyParameterError, match="k"):
+        group_epsilon(curve, 0, DELTA)

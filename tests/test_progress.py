@@ -121,13 +121,15 @@ def test_quiet_and_json_are_exclusive(capsys):
 
 
 def test_help_and_the_node_commands_start_without_torch():
-    """Commands are imported lazily: `fgssl --help`, `fgssl node --help` and `fgssl nodes --help` load no torch."""
+    """Commands are imported lazily: `fgssl --help`, `fgssl node --help`, `fgssl nodes --help`, `fgssl certs --help`
+    and `fgssl ledger --help` load no torch."""
     import subprocess
     import sys
 
     from .conftest import REPO
 
-    probe = ("import sys, contextlib, io\nfrom cli.main import main\nfor argv in ([], ['node'], ['nodes'], ['certs']):\n"
+    probe = ("import sys, contextlib, io\nfrom cli.main import main\n"
+             "for argv in ([], ['node'], ['nodes'], ['certs'], ['ledger']):\n"
              "    with contextlib.redirect_stdout(io.StringIO()):\n        try:\n"
              "            main([*argv, '--help'])\n        except SystemExit:\n            pass\n"
              "print('torch' in sys.modules, 'flwr' in sys.modules)")

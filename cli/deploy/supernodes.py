@@ -165,7 +165,7 @@ def _supernode(site: Site, args: argparse.Namespace, superlink: str, ca: Path, r
                             max_epsilon=args.max_epsilon, delta=args.delta, csv=args.csv,
                             path_column=args.path_column, label_column=args.label_column,
                             group_column=args.group_column,
-                            skip_bad_images=args.skip_bad_images)
+                            skip_bad_images=args.skip_bad_images, data_changed=args.data_changed)
     return supernode_command(superlink, ca, site.key, site.port, node_config_arg(settings.to_node_config()),
                              args.max_wait_time or None, secret)
 

@@ -447,6 +447,18 @@ def prepare(cfg: DataConfig, *, workers: int = 1, progress: ProgressArg = True) 
     return PrepareResult(target, True, reason, manifest, time.perf_counter() - started, removed)
 
 
+def content_key(data: CachedData) -> str:
+    """What identifies a prepared data set's images and labels, whatever size or resize they were decoded at: a hash
+    of its image ids (file stems; a folder's CSV paths) with their labels, in id order. Reading two small arrays, it
+    costs milliseconds, not a pass over the pixels (which would also give the same images at another size another
+    key). Two caches of the same images share it (`fgssl.privacy.data_ledger` keys a ledger by it)."""
+    h = hashlib.sha256()
+    order = np.argsort(data.ids, kind="stable")
+    for i in order:
+        h.update(f"{data.ids[i]}\0{int(data.labels[i])}\n".encode())
+    return f"images-{h.hexdigest()[:32]}"
+
+
 def load_cache(path: str | Path) -> CachedData:
     """Open a cache folder written by `prepare` (images memory-mapped, nothing unpickled)."""
     path = Path(path)

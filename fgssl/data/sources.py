@@ -62,6 +62,12 @@ def synthetic_pool(cfg: DataConfig, seed: int, indices: np.ndarray | None = None
                     synthetic.class_names(cfg.num_classes))
 
 
+def synthetic_key(cfg: DataConfig, seed: int) -> str:
+    """What identifies the built-in images a run draws on: image i depends on (seed, i, size, classes), so a seed and
+    a class count name one population of lesions, whatever the size or pool size (another seed: other lesions)."""
+    return f"synthetic-seed{seed}-classes{cfg.num_classes}"
+
+
 def split(data: ImageSet, cfg: DataConfig, seed: int) -> Splits:
     train, val, test = stratified_split(data.labels.numpy(), (cfg.val_fraction, cfg.test_fraction), seed)
     return Splits(data.subset(train), data.subset(val), data.subset(test))

@@ -14,7 +14,10 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Accountant = Literal["rdp", "prv"]
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
@@ -194,18 +197,76 @@ def _grouped(history: Sequence[Mechanism]) -> list[tuple[float, float, int]]:
     return [(sigma, q, n) for (sigma, q), n in steps.items()]
 
 
-def _rdp_epsilon(entries: list[tuple[float, float, int]], delta: float) -> float:
+def rdp_curve(history: Sequence[Mechanism]) -> "np.ndarray":
+    """The RDP ε(α) of the composition of `history` at every order of `RDP_ORDERS` (Opacus' compute_rdp, summed:
+    RDP composes by adding at each order); every entry is inf when the history holds an unprotected release."""
     import numpy as np
     from opacus.accountants.analysis import rdp as rdp_analysis
 
+    if any(m.kind == "unprotected" for m in history):
+        return np.full(len(RDP_ORDERS), np.inf)
     rdp = np.zeros(len(RDP_ORDERS))
-    for sigma, q, n in entries:
+    for sigma, q, n in _grouped(history):
         rdp = rdp + rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=n, orders=list(RDP_ORDERS))
-    with warnings.catch_warnings():
+    return rdp
+
+
+def rdp_to_epsilon(curve: "np.ndarray", delta: float, orders: Sequence[float] = RDP_ORDERS) -> float:
+    """ε at `delta` of an RDP curve over `orders` (Opacus' get_privacy_spent, Balle et al. 2020 Thm. 21); inf
+    when the curve is inf at every order."""
+    import numpy as np
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    delta = check_delta(delta)
+    if not np.isfinite(curve).any():
+        return math.inf
+    if not curve.any():
+        return 0.0
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         # "Optimal order is the smallest/largest alpha": the bound is still valid, only looser than it could be.
         warnings.filterwarnings("ignore", message="Optimal order is the")
-        eps, _order = rdp_analysis.get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
+        eps, _order = rdp_analysis.get_privacy_spent(orders=list(orders), rdp=curve, delta=delta)
     return float(eps)
+
+
+def group_epsilon(curve: "np.ndarray", k: int, delta: float) -> float:
+    """ε at `delta` for a group of up to `k` images, from a per-image RDP curve over `RDP_ORDERS`: Mironov 2017
+    ("Rényi Differential Privacy"), Prop. 11: a mechanism that is (α, ε)-RDP is (α/2^c, 3^c·ε)-RDP for data sets that
+    differ in up to 2^c records, for α ≥ 2^(c+1); c = ⌈log2 k⌉. Orders below 2^(c+1) give nothing; inf when none is
+    left. k = 1 is the per-image ε."""
+    import numpy as np
+
+    k = check_count(k, "k")
+    if k == 1:
+        return max(rdp_to_epsilon(curve, delta), 0.0)
+    c = math.ceil(math.log2(k))
+    keep = np.array([a >= 2 ** (c + 1) for a in RDP_ORDERS])
+    if not keep.any():
+        return math.inf
+    orders = [a / 2 ** c for a in np.array(RDP_ORDERS)[keep]]
+    return max(rdp_to_epsilon(3 ** c * np.asarray(curve)[keep], delta, orders), 0.0)
+
+
+def worst_holder_curve(runs: Sequence[Sequence[Sequence[Mechanism]]]) -> "np.ndarray":
+    """RDP bound of one image over several runs that each split a data set among disjoint holders (simulated sites):
+    Σ over runs of the max over that run's holders of each holder's RDP curve, at every order.
+
+    In one run an image is released only by the one holder that has it, so its own RDP curve is at most that run's
+    worst holder's at every order; over runs the curves add (RDP composition). The bound holds for every image,
+    whichever holder it had in each run.
+    """
+    import numpy as np
+
+    total = np.zeros(len(RDP_ORDERS))
+    for holders in runs:
+        if holders:
+            total = total + np.max([rdp_curve(h) for h in holders], axis=0)
+    return total
+
+
+def _rdp_epsilon(entries: list[tuple[float, float, int]], delta: float) -> float:
+    history = [Mechanism(sample_rate=q, noise_multiplier=sigma, steps=n) for sigma, q, n in entries]
+    return rdp_to_epsilon(rdp_curve(history), delta)
 
 
 def _prv_epsilon(entries: list[tuple[float, float, int]], delta: float) -> float:

@@ -19,6 +19,7 @@ that one transaction. This module imports no torch/opacus until ε is computed.
 from __future__ import annotations
 
 import math
+import secrets
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -36,12 +37,14 @@ from .accounting import (
     check_delta,
     check_epsilon,
     epsilon,
+    rdp_to_epsilon,
+    worst_holder_curve,
 )
 
 DEFAULT_FILENAME = "privacy_ledger.sqlite3"
 # PRAGMA application_id marks a file as ours ("FGPL"), so a foreign SQLite file is never taken for a ledger.
 APPLICATION_ID = 0x4647504C
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: entries.site and the meta, sources, images and weights tables (a version-1 file is upgraded)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -57,9 +60,12 @@ CREATE TABLE IF NOT EXISTS entries (
     label            TEXT    NOT NULL,
     status           TEXT    NOT NULL CHECK (status IN ('reserved', 'committed')),
     created_at       TEXT    NOT NULL,
-    committed_at     TEXT
+    committed_at     TEXT,
+    site             TEXT
 )
 """
+# `site`: NULL in a node's own ledger (every entry is the node's). In a data ledger, which holder of the images made
+# the release in its run (a simulated site), so that ε can take each run's worst holder (`spent`).
 # Released example counts (privacy.count_noise): each is drawn once per data set and kept, so every later round and
 # run reuses the same noisy value (post-processing) instead of paying for a new draw. `entry_id` is its charge.
 _COUNTS_SCHEMA = """
@@ -71,8 +77,31 @@ CREATE TABLE IF NOT EXISTS counts (
     created_at TEXT    NOT NULL
 )
 """
-_COLUMNS = ("id", "run_id", "round", "phase", "kind", "steps", "sample_rate", "noise_multiplier", "delta", "label",
-            "status", "created_at", "committed_at")
+# meta: this file's own random uid, and what it is bound to (a data ledger's data key, a node's data set).
+# sources: for entries copied from a site's ledger (`import_entries`), which ledger and entry they came from.
+# images: a data ledger's image ids (what overlaps what, `DataLedger`). weights: public weights a run started from.
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    entry_id  INTEGER PRIMARY KEY REFERENCES entries(id),
+    ledger    TEXT    NOT NULL,
+    source_id INTEGER NOT NULL,
+    UNIQUE (ledger, source_id)
+);
+CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS weights (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id     TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (run_id, sha256)
+);
+"""
+_COLUMNS_V1 = ("id", "run_id", "round", "phase", "kind", "steps", "sample_rate", "noise_multiplier", "delta", "label",
+               "status", "created_at", "committed_at")
+_COLUMNS = (*_COLUMNS_V1, "site")
 
 
 class LedgerError(RuntimeError):
@@ -114,6 +143,7 @@ class LedgerEntry:
     status: str
     created_at: str
     committed_at: str | None
+    site: str | None = None
 
     @property
     def mechanism(self) -> Mechanism:
@@ -146,20 +176,26 @@ class PrivacyLedger:
     Missing directories are created.
 
     `timeout` (seconds): how long a write waits for another process's write lock before `LedgerLockedError`.
+    `readonly`: open an existing ledger for reading only (nothing is created, upgraded or written).
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 10.0, readonly: bool = False) -> None:
         p = Path(path)
         if p.is_dir() or (not p.exists() and not p.suffix):
             p = p / DEFAULT_FILENAME
-        self.path = p
+        self.path, self.readonly = p, readonly
         self._lock = threading.Lock()
+        if readonly and not p.is_file():
+            raise LedgerError(p, "not found" if not p.exists() else "is not a file")
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
+            if not readonly:
+                p.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise LedgerError(p, f"cannot create its directory: {e}") from e
         try:
-            self._conn = sqlite3.connect(str(p), timeout=timeout, isolation_level=None, check_same_thread=False)
+            target = f"file:{p.resolve()}?mode=ro" if readonly else str(p)
+            self._conn = sqlite3.connect(target, timeout=timeout, isolation_level=None, check_same_thread=False,
+                                         uri=readonly)
         except sqlite3.Error as e:
             raise LedgerError(p, f"cannot open: {e}") from e
         try:
@@ -183,42 +219,63 @@ class PrivacyLedger:
                                                  "a backup")
         return LedgerError(self.path, f"error while {doing}: {msg}")
 
+    def _check_columns(self, allowed: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
+        cols = tuple(r[1] for r in self._conn.execute("PRAGMA table_info(entries)"))
+        if cols not in allowed:
+            raise LedgerCorruptError(self.path, f"table 'entries' has columns {cols}, expected {_COLUMNS}")
+        return cols
+
     def _open(self) -> None:
         c = self._conn
         try:
             app_id = c.execute("PRAGMA application_id").fetchone()[0]
             has_tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
-            if has_tables and app_id != APPLICATION_ID:
+            if (has_tables or self.readonly) and app_id != APPLICATION_ID:
                 raise LedgerCorruptError(self.path, "is an SQLite file but not a privacy ledger (wrong "
                                                     "application_id); refusing to use it")
-            mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise LedgerError(self.path, f"cannot switch to WAL journal mode (got {mode!r}); is the state "
-                                             "directory on a network filesystem?")
-            c.execute("PRAGMA synchronous=FULL")  # per connection: every commit is fsynced before it returns
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.execute(_SCHEMA)
-                c.execute(_COUNTS_SCHEMA)
-                if c.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-                    c.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            if self.readonly:
                 version = c.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                elif version != SCHEMA_VERSION:
-                    raise LedgerError(self.path, f"schema version {version}, this code reads {SCHEMA_VERSION}")
-                cols = tuple(r[1] for r in c.execute("PRAGMA table_info(entries)"))
-                if cols != _COLUMNS:
-                    raise LedgerCorruptError(self.path, f"table 'entries' has columns {cols}, expected {_COLUMNS}")
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+                if version not in (1, SCHEMA_VERSION):
+                    raise LedgerError(self.path, f"schema version {version}, this code reads 1 to {SCHEMA_VERSION}")
+                self._columns = self._check_columns((_COLUMNS_V1,) if version == 1 else (_COLUMNS,))
+            else:
+                self._create()
             check = c.execute("PRAGMA quick_check").fetchall()
             if check != [("ok",)]:
                 raise LedgerCorruptError(self.path, f"integrity check failed: {check[:5]}")
         except sqlite3.Error as e:
             raise self._error(e, "opening") from e
+
+    def _create(self) -> None:
+        """Create or upgrade the tables (writable opening only), in one write transaction."""
+        c = self._conn
+        mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise LedgerError(self.path, f"cannot switch to WAL journal mode (got {mode!r}); is the state "
+                                         "directory on a network filesystem?")
+        c.execute("PRAGMA synchronous=FULL")  # per connection: every commit is fsynced before it returns
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(_SCHEMA)
+            c.execute(_COUNTS_SCHEMA)
+            if c.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                c.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            if version == 1 and self._check_columns((_COLUMNS_V1, _COLUMNS)) == _COLUMNS_V1:
+                c.execute("ALTER TABLE entries ADD COLUMN site TEXT")  # every earlier entry is the node's own
+            if version in (0, 1):
+                c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise LedgerError(self.path, f"schema version {version}, this code reads {SCHEMA_VERSION}")
+            self._columns = self._check_columns((_COLUMNS,))
+            for statement in _TABLES.split(";"):
+                if statement.strip():
+                    c.execute(statement)
+            c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('uid', ?)", (secrets.token_hex(16),))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -233,8 +290,39 @@ class PrivacyLedger:
     # -- reading ---------------------------------------------------------------------------------------------------
 
     def _rows(self) -> list[LedgerEntry]:
-        rows = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries ORDER BY id").fetchall()
+        rows = self._conn.execute(f"SELECT {', '.join(self._columns)} FROM entries ORDER BY id").fetchall()
         return [LedgerEntry(*r) for r in rows]
+
+    def _read(self, doing: str, sql: str, args: tuple = ()) -> list[tuple]:
+        """Rows of a query; [] for a table a version-1 ledger (opened read-only, not upgraded) does not have."""
+        with self._lock:
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as e:
+                if "no such table" in str(e):
+                    return []
+                raise self._error(e, doing) from e
+            except sqlite3.Error as e:
+                raise self._error(e, doing) from e
+
+    def meta(self, key: str) -> str | None:
+        """A value of the meta table: 'uid' (this file's random id), 'data_key', 'data' (what it is bound to)."""
+        rows = self._read(f"reading {key}", "SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    @property
+    def uid(self) -> str:
+        return self.meta("uid") or str(self.path.resolve())
+
+    def image_ids(self) -> set[str]:
+        """A data ledger's image ids (empty for a node's ledger)."""
+        return {r[0] for r in self._read("reading its image ids", "SELECT id FROM images")}
+
+    def weights(self) -> list[dict[str, str]]:
+        """The public weights runs started from: run_id, sha256, path, source, created_at, oldest first."""
+        rows = self._read("reading its weights", "SELECT run_id, sha256, path, source, created_at FROM weights "
+                                                 "ORDER BY id")
+        return [dict(zip(("run_id", "sha256", "path", "source", "created_at"), r)) for r in rows]
 
     def history(self) -> list[LedgerEntry]:
         """Every entry, reserved and committed, oldest first."""
@@ -253,8 +341,9 @@ class PrivacyLedger:
         return [e.mechanism for e in self.history()]
 
     def spent(self, delta: float, accountant: Accountant = "rdp") -> float:
-        """ε at `delta` of the whole history, reserved entries included; recomputed every call, never stored."""
-        return epsilon(self.mechanisms(), check_delta(delta), check_accountant(accountant))
+        """ε at `delta` of the whole history, reserved entries included; recomputed every call, never stored (see
+        `ledger_epsilon` for a data ledger's rule)."""
+        return ledger_epsilon(self.history(), delta, accountant)
 
     def would_exceed(self, next: Mechanism, max_epsilon: float, delta: float, accountant: Accountant = "rdp") -> bool:
         """True exactly when ε(history + [next]) > max_epsilon (reaching max_epsilon exactly is allowed)."""
@@ -309,12 +398,14 @@ class PrivacyLedger:
                                       after)
 
     def reserve(self, mechanism: Mechanism, *, run_id: str, round: int, phase: str, delta: float,
-                max_epsilon: float | None = None, accountant: Accountant = "rdp", site: str = "?") -> int:
+                max_epsilon: float | None = None, accountant: Accountant = "rdp", site: str = "?",
+                holder: str | None = None) -> int:
         """Record `mechanism` as (possibly) spent, BEFORE its private computation starts; returns the entry id.
 
         The entry is durable (committed and fsynced) when this returns. With `max_epsilon`, the budget is checked
         against the history read inside the same write transaction, and `BudgetExceededError` (whose `reason`
-        is the refusal message for `site`) is raised instead of inserting.
+        is the refusal message for `site`) is raised instead of inserting. `holder`: the entry's `site` column
+        (a data ledger's holder of the images; None in a node's own ledger).
         """
         if not isinstance(mechanism, Mechanism):
             raise PrivacyParameterError("mechanism", f"must be a Mechanism, got {type(mechanism).__name__}")
@@ -332,9 +423,9 @@ class PrivacyLedger:
             self._check_budget(mechanism, max_epsilon, delta, accountant, site)
             cur = c.execute(
                 "INSERT INTO entries (run_id, round, phase, kind, steps, sample_rate, noise_multiplier, "
-                "delta, label, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+                "delta, label, status, created_at, site) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?)",
                 (run_id, round, phase, mechanism.kind, mechanism.steps, mechanism.sample_rate,
-                 mechanism.noise_multiplier, delta, mechanism.label, _now()))
+                 mechanism.noise_multiplier, delta, mechanism.label, _now(), holder))
             entry_id = int(cur.lastrowid)
         return entry_id
 
@@ -388,3 +479,78 @@ class PrivacyLedger:
                 return
             c.execute("UPDATE entries SET status = 'committed', committed_at = ?, steps = ? WHERE id = ?",
                       (_now(), reserved_steps if steps is None else steps, entry_id))
+
+    def record_unprotected(self, label: str, *, run_id: str, round: int, phase: str, delta: float,
+                           holder: str | None = None) -> int:
+        """Record a release without any DP guarantee (training without sample-level DP): every ε of this ledger is
+        ∞ from then on. Written before the release happens, like any entry."""
+        entry = self.reserve(Mechanism.unprotected(label), run_id=run_id, round=round, phase=phase, delta=delta,
+                             holder=holder)
+        self.commit(entry)
+        return entry
+
+    def bind(self, key: str, value: str, *, replace: bool = False) -> str:
+        """Store `value` under meta `key` unless one is stored already (or always, with `replace`); returns the
+        stored value (the first one, without `replace`)."""
+        with self._write(f"binding {key}") as c:
+            c.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO meta (key, value) VALUES (?, ?)",
+                      (key, value))
+            return str(c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+    def add_images(self, ids: Sequence[str]) -> None:
+        """Record a data ledger's image ids (once, when it is created)."""
+        with self._write("recording its image ids") as c:
+            c.executemany("INSERT OR IGNORE INTO images (id) VALUES (?)", ((str(i),) for i in ids))
+
+    def record_weights(self, *, run_id: str, sha256: str, path: str, source: str) -> None:
+        """Record that run `run_id` started from the public weights `path` (its SHA-256 and declared source);
+        recording the same file for the same run again changes nothing."""
+        with self._write("recording public weights") as c:
+            c.execute("INSERT OR IGNORE INTO weights (run_id, sha256, path, source, created_at) VALUES (?, ?, ?, ?, ?)",
+                      (run_id, sha256, path, source, _now()))
+
+    def import_entries(self, source: "PrivacyLedger", *, run_id: str, holder: str) -> int:
+        """Copy into this (data) ledger every entry of `source` (a site's ledger) it does not hold yet, under
+        `run_id` and `holder`, in one write transaction; entries copied earlier follow their source's later commit
+        (status, and a lowered step count). Returns how many were new. Copying again is harmless: each source entry
+        is held once (table `sources`, keyed by the source ledger's uid and the entry's id)."""
+        entries, origin = source.history(), source.uid
+        new = 0
+        with self._write(f"importing entries of {source.path}") as c:
+            done = dict(c.execute("SELECT source_id, entry_id FROM sources WHERE ledger = ?", (origin,)).fetchall())
+            for e in entries:
+                if e.id in done:
+                    if e.status == "committed":
+                        c.execute("UPDATE entries SET status = 'committed', committed_at = ?, steps = min(steps, ?) "
+                                  "WHERE id = ? AND status = 'reserved'", (e.committed_at, e.steps, done[e.id]))
+                    continue
+                cur = c.execute(
+                    "INSERT INTO entries (run_id, round, phase, kind, steps, sample_rate, noise_multiplier, delta, "
+                    "label, status, created_at, committed_at, site) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, e.round, e.phase, e.kind, e.steps, e.sample_rate, e.noise_multiplier, e.delta, e.label,
+                     e.status, e.created_at, e.committed_at, holder))
+                c.execute("INSERT INTO sources (entry_id, ledger, source_id) VALUES (?, ?, ?)",
+                          (int(cur.lastrowid), origin, e.id))
+                new += 1
+            for w in source.weights():
+                c.execute("INSERT OR IGNORE INTO weights (run_id, sha256, path, source, created_at) "
+                          "VALUES (?, ?, ?, ?, ?)", (run_id, w["sha256"], w["path"], w["source"], w["created_at"]))
+        return new
+
+
+def by_run_and_holder(entries: Sequence[LedgerEntry]) -> list[list[list[Mechanism]]]:
+    """Mechanisms grouped by run, then by holder (the `site` column; None is one holder), in ledger order."""
+    runs: dict[str, dict[str | None, list[Mechanism]]] = {}
+    for e in entries:
+        runs.setdefault(e.run_id, {}).setdefault(e.site, []).append(e.mechanism)
+    return [list(holders.values()) for holders in runs.values()]
+
+
+def ledger_epsilon(entries: Sequence[LedgerEntry], delta: float, accountant: Accountant = "rdp") -> float:
+    """ε at `delta` of a ledger's entries. A node's own ledger (no entry names a holder): the composition of every
+    entry. A data ledger: Σ over runs of each run's worst holder's RDP curve (`worst_holder_curve`), with the RDP
+    accountant whatever `accountant` says (the worst-holder bound is an RDP argument)."""
+    delta, accountant = check_delta(delta), check_accountant(accountant)
+    if all(e.site is None for e in entries):
+        return epsilon([e.mechanism for e in entries], delta, accountant)
+    return max(rdp_to_epsilon(worst_holder_curve(by_run_and_holder(entries)), delta), 0.0)

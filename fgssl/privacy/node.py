@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..config import Config
 from ..data.images import ImageSet
@@ -55,13 +55,20 @@ def node_delta(cfg: Config, num_examples: int) -> float:
     return p.delta if p.delta is not None else default_delta(num_examples)
 
 
-def record_unprotected_round(state_dir: Path, cfg: Config, *, run_id: str, rnd: int, phase: str) -> None:
+# Called with the site's ledger whenever it has recorded something, before anything the site computed leaves it: a
+# simulation copies the new entries into its data set's ledger (fgssl.privacy.data_ledger).
+Mirror = Callable[[PrivacyLedger], None]
+
+
+def record_unprotected_round(state_dir: Path, cfg: Config, *, run_id: str, rnd: int, phase: str,
+                             mirror: Mirror | None = None) -> None:
     """A round trained without sample-level DP: its data left the node unprotected, which the ledger must remember
     (a later DP run on the same state directory must not print a finite lifetime ε)."""
-    mechanism = Mechanism.unprotected(f"{phase} round trained with privacy.mode={cfg.privacy.mode}")
     with PrivacyLedger(state_dir) as ledger:
-        ledger.commit(ledger.reserve(mechanism, run_id=run_id, round=rnd, phase=phase,
-                                     delta=cfg.privacy.delta or 1e-5))
+        ledger.record_unprotected(f"{phase} round trained with privacy.mode={cfg.privacy.mode}", run_id=run_id,
+                                  round=rnd, phase=phase, delta=cfg.privacy.delta or 1e-5)
+        if mirror is not None:
+            mirror(ledger)
 
 
 def count_release(cfg: Config) -> Mechanism:
@@ -121,38 +128,50 @@ def noise_multiplier(cfg: Config, num_examples: int) -> float:
 
 def private_round(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, state_dir: Path, *, site: int,
                   run_id: str, rnd: int, epochs: int, max_batches: int | None,
-                  progress: tuple[float, float]) -> PrivateRound:
-    p = cfg.privacy
+                  progress: tuple[float, float], mirror: Mirror | None = None) -> PrivateRound:
     with PrivacyLedger(state_dir) as ledger:
-        if spent_in_clear := ledger.unprotected():
-            first = spent_in_clear[0]
-            return PrivateRound(f"site {site}: its ledger records training without sample-level DP on its data (run "
-                                f"{first.run_id}, round {first.round}: {first.label}), so no finite ε can be claimed "
-                                f"for it any more; it does not train in DP runs on this state directory",
-                                float("nan"), float("nan"), {})
-        # Everything below sees n only through this released count, so nothing the site sends (q, steps, the
-        # aggregation weight, a refusal) tells its true n.
-        count_delta = p.site_delta or p.delta or 1e-5  # the default δ needs the count; its budget is checked here
         try:
-            n = ledger.released_count(data_fingerprint(data), len(data), p.count_noise, _gaussian, run_id=run_id,
-                                      round=rnd, delta=count_delta, max_epsilon=p.budget, accountant=p.accountant,
-                                      site=str(site))
-        except BudgetExceededError as e:
-            return PrivateRound(e.reason, e.before, count_delta, {})
-        refusal = delta_refusal(cfg, n)
-        if refusal is not None:  # before anything is solved, trained or recorded
-            return PrivateRound(refusal, float("nan"), float("nan"), {})
-        delta = node_delta(cfg, n)
-        dp = DPSettings.of(p, noise_multiplier(cfg, n))
-        mechanism = plan_mechanism(n, phase, cfg, dp, epochs=epochs, max_batches=max_batches)
-        try:
-            entry = ledger.reserve(mechanism, run_id=run_id, round=rnd, phase=phase, delta=delta,
-                                   max_epsilon=p.budget, accountant=p.accountant, site=str(site))
-        except BudgetExceededError as e:
-            return PrivateRound(e.reason, e.before, delta, {})
-        # generator=None: batch membership and noise come from OS entropy, never from the public seed.
-        result = dp_train_local(model, data, phase, cfg, dp, epochs=epochs, max_batches=max_batches,
-                                progress=progress, generator=None, public_count=n)
-        ledger.commit(entry, steps=result.mechanism.steps)
-        spent = ledger.spent(delta, cfg.privacy.accountant)
-    return PrivateRound(None, spent, delta, result.metrics())
+            return _private_round(ledger, model, data, phase, cfg, site=site, run_id=run_id, rnd=rnd, epochs=epochs,
+                                  max_batches=max_batches, progress=progress, mirror=mirror)
+        finally:
+            if mirror is not None:  # a refusal leaves too, and the commits since the reservation
+                mirror(ledger)
+
+
+def _private_round(ledger: PrivacyLedger, model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, site: int,
+                   run_id: str, rnd: int, epochs: int, max_batches: int | None, progress: tuple[float, float],
+                   mirror: Mirror | None) -> PrivateRound:
+    p = cfg.privacy
+    if spent_in_clear := ledger.unprotected():
+        first = spent_in_clear[0]
+        return PrivateRound(f"site {site}: its ledger records training without sample-level DP on its data (run "
+                            f"{first.run_id}, round {first.round}: {first.label}), so no finite ε can be claimed "
+                            f"for it any more; it does not train in DP runs on this state directory",
+                            float("nan"), float("nan"), {})
+    # Everything below sees n only through this released count, so nothing the site sends (q, steps, the
+    # aggregation weight, a refusal) tells its true n.
+    count_delta = p.site_delta or p.delta or 1e-5  # the default δ needs the count; its budget is checked here
+    try:
+        n = ledger.released_count(data_fingerprint(data), len(data), p.count_noise, _gaussian, run_id=run_id,
+                                  round=rnd, delta=count_delta, max_epsilon=p.budget, accountant=p.accountant,
+                                  site=str(site))
+    except BudgetExceededError as e:
+        return PrivateRound(e.reason, e.before, count_delta, {})
+    refusal = delta_refusal(cfg, n)
+    if refusal is not None:  # before anything is solved, trained or recorded
+        return PrivateRound(refusal, float("nan"), float("nan"), {})
+    delta = node_delta(cfg, n)
+    dp = DPSettings.of(p, noise_multiplier(cfg, n))
+    mechanism = plan_mechanism(n, phase, cfg, dp, epochs=epochs, max_batches=max_batches)
+    try:
+        entry = ledger.reserve(mechanism, run_id=run_id, round=rnd, phase=phase, delta=delta,
+                               max_epsilon=p.budget, accountant=p.accountant, site=str(site))
+    except BudgetExceededError as e:
+        return PrivateRound(e.reason, e.before, delta, {})
+    if mirror is not None:  # durable in the data set's ledger too before the training starts
+        mirror(ledger)
+    # generator=None: batch membership and noise come from OS entropy, never from the public seed.
+    result = dp_train_local(model, data, phase, cfg, dp, epochs=epochs, max_batches=max_batches,
+                            progress=progress, generator=None, public_count=n)
+    ledger.commit(entry, steps=result.mechanism.steps)
+    return PrivateRound(None, ledger.spent(delta, cfg.privacy.accountant), delta, result.metrics())
