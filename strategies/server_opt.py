@@ -92,16 +92,27 @@ class ServerOptimizer:
 
 
 class FedAvgServer(ServerOptimizer):
-    """Plain FedAvg: the new global is the aggregate (server lr 1, no state)."""
+    """FedAvg with a server learning rate: x += server_lr * delta, no state. At server_lr 1 the new global is the
+    aggregate; above 1 the averaged step is lengthened (Reddi et al.'s "FedAvg with server learning rate"): K sites'
+    averaged updates move the model about as far as one site's, which a larger server step makes up for."""
+
+    def __init__(self, server_lr: float = 1.0) -> None:
+        super().__init__()
+        self.server_lr = server_lr
 
     def step(self, global_: NamedArrays, aggregate: NamedArrays,
              statistics: frozenset[str] | set[str] = frozenset()) -> NamedArrays:
+        if self.server_lr != 1.0:
+            return super().step(global_, aggregate, statistics)
         # Copied, not x + (aggregate - x): that round trip is not always exact.
         _check(global_, aggregate)
         self.t += 1
         new = dict(global_)
         new.update({k: a.astype(global_[k].dtype) for k, a in aggregate.items()})
         return new
+
+    def _update(self, key: str, delta: np.ndarray) -> np.ndarray:
+        return self.server_lr * delta
 
 
 class FedAvgM(ServerOptimizer):

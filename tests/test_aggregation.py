@@ -247,6 +247,20 @@ def test_fedavg_server_returns_aggregate():
     assert new["b"] is global_["b"]
 
 
+def test_fedavg_server_learning_rate_lengthens_the_step_but_not_statistics():
+    # federation.server_lr with server_optimizer fedavg reached FedAvgServer as a keyword it did not take (TypeError)
+    opt = make_server_optimizer("fedavg", server_lr=2.5)
+    global_ = {"w": np.array([1.0, -1.0], np.float32), "bn.running_mean": np.array([0.0], np.float32),
+               "bn.num_batches_tracked": np.array(3, np.int64)}
+    agg = {"w": np.array([1.5, -2.0], np.float32), "bn.running_mean": np.array([0.4], np.float32),
+           "bn.num_batches_tracked": np.array(5, np.int64)}
+    new = opt.step(global_, agg, statistics={"bn.running_mean", "bn.num_batches_tracked"})
+    np.testing.assert_allclose(new["w"], [1.0 + 2.5 * 0.5, -1.0 + 2.5 * -1.0])
+    np.testing.assert_array_equal(new["bn.running_mean"], agg["bn.running_mean"])
+    assert int(new["bn.num_batches_tracked"]) == 5
+    assert opt.state_dict() == {"t": 1}
+
+
 def test_fedavgm_two_steps_by_hand():
     opt = FedAvgM(server_lr=0.5, momentum=0.9)
     x = opt.step({"p": np.array([1.0])}, {"p": np.array([2.0])})
