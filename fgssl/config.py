@@ -164,24 +164,47 @@ class LossConfig:
         _require(self.concat_weight > 0, f"{p}.concat_weight", f"must be > 0, got {self.concat_weight}")
 
 
+OPTIMIZERS = ("sgd", "adamw")
+# What weight_decay and ssl_lr_scale mean when left null: each optimiser's own usual value. AdamW's decay is decoupled
+# from the gradient (Loshchilov & Hutter), so it is two orders larger for the same pull towards zero. AdamW normalises
+# the gradient's scale, so the SSL stage needs no large cut of its rate; plain SGD at fine-tuning rates wrecks the
+# backbone there, as Barlow Twins gradients grow with the embedding size.
+OPTIMIZER_DEFAULTS = {"sgd": {"weight_decay": 5e-4, "ssl_lr_scale": 0.02},
+                      "adamw": {"weight_decay": 0.05, "ssl_lr_scale": 0.5}}
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    # The paper uses 2e-3 / 2e-4 with ImageNet weights; from scratch on the CPU demo larger rates learn faster.
+    # sgd: the authors' SGD with momentum (with ImageNet weights they use 2e-3 / 2e-4); adamw: AdamW with β1 =
+    # momentum, which learns a from-scratch model in fewer steps (docs/RESULTS.md, E3).
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr_new: float = 0.05
     lr_backbone: float = 0.05
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    # null: the optimiser's usual value (OPTIMIZER_DEFAULTS).
+    weight_decay: float | None = None
     schedule: Literal["cosine", "constant"] = "cosine"
-    # Both rates are multiplied by this in the SSL stage: Barlow Twins gradients grow with the embedding size, and
-    # plain SGD at fine-tuning rates wrecks the backbone there.
-    ssl_lr_scale: float = 0.02
+    # Both rates are multiplied by this in the SSL stage (null: the optimiser's usual value, OPTIMIZER_DEFAULTS).
+    ssl_lr_scale: float | None = None
+
+    @property
+    def decay(self) -> float:
+        return OPTIMIZER_DEFAULTS[self.optimizer]["weight_decay"] if self.weight_decay is None else self.weight_decay
+
+    @property
+    def ssl_scale(self) -> float:
+        return OPTIMIZER_DEFAULTS[self.optimizer]["ssl_lr_scale"] if self.ssl_lr_scale is None else self.ssl_lr_scale
 
     def validate(self, p: str) -> None:
+        _require(self.optimizer in OPTIMIZERS, f"{p}.optimizer",
+                 f"unknown optimizer '{self.optimizer}'; choose from: {', '.join(OPTIMIZERS)}")
         for k in ("lr_new", "lr_backbone"):
             _require(getattr(self, k) > 0, f"{p}.{k}", f"must be > 0, got {getattr(self, k)}")
         _require(0 <= self.momentum < 1, f"{p}.momentum", f"must be in [0, 1), got {self.momentum}")
-        _require(self.ssl_lr_scale > 0, f"{p}.ssl_lr_scale", f"must be > 0, got {self.ssl_lr_scale}")
-        _require(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.ssl_lr_scale is None or self.ssl_lr_scale > 0, f"{p}.ssl_lr_scale",
+                 f"must be > 0 or null, got {self.ssl_lr_scale}")
+        _require(self.weight_decay is None or self.weight_decay >= 0, f"{p}.weight_decay",
+                 f"must be >= 0 or null, got {self.weight_decay}")
 
 
 FREEZABLE = ("backbone", "blocks")

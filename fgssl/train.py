@@ -47,8 +47,9 @@ def _autocast(cfg: Config, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def make_optimizer(model: FGSSLNet, cfg: Config, phase: str) -> torch.optim.SGD:
-    """SGD with the backbone at `lr_backbone` and new layers at `lr_new`; the SSL stage leaves classifiers alone."""
+def make_optimizer(model: FGSSLNet, cfg: Config, phase: str) -> torch.optim.Optimizer:
+    """`optim.optimizer` with the backbone at `lr_backbone` and new layers at `lr_new`; the SSL stage leaves
+    classifiers alone."""
     backbone, new = model.parameter_groups()
     frozen = set()
     for part in cfg.train.frozen:
@@ -61,10 +62,12 @@ def make_optimizer(model: FGSSLNet, cfg: Config, phase: str) -> torch.optim.SGD:
         skip = {id(p) for p in model.classifiers.parameters()}
         new = [p for p in new if id(p) not in skip]
     o = cfg.optim
-    scale = o.ssl_lr_scale if phase == "ssl" else 1.0
+    scale = o.ssl_scale if phase == "ssl" else 1.0
     groups = [{"params": backbone, "lr": o.lr_backbone * scale, "base_lr": o.lr_backbone * scale},
               {"params": new, "lr": o.lr_new * scale, "base_lr": o.lr_new * scale}]
-    return torch.optim.SGD(groups, lr=o.lr_new * scale, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr_new * scale, betas=(o.momentum, 0.999), weight_decay=o.decay)
+    return torch.optim.SGD(groups, lr=o.lr_new * scale, momentum=o.momentum, weight_decay=o.decay)
 
 
 def train_mode(model: FGSSLNet, cfg: Config) -> None:

@@ -299,3 +299,30 @@ def test_a_gpu_share_per_site_without_a_gpu_is_a_clear_error():
         backend_config(small_cfg(simulation__client_gpus=0.25))
     with pytest.raises(ConfigError, match="simulation.client_gpus"):
         small_cfg(simulation__client_gpus=1.5)
+
+
+@pytest.mark.parametrize("name, kind, decay, ssl_scale", [("sgd", torch.optim.SGD, 5e-4, 0.02),
+                                                          ("adamw", torch.optim.AdamW, 0.05, 0.5)])
+def test_the_optimizer_and_its_usual_decay_and_ssl_rate(name, kind, decay, ssl_scale):
+    cfg = small_cfg(model__norm="group", optim__optimizer=name, optim__lr_new=0.01, optim__lr_backbone=0.001)
+    model = build_model(cfg.model, 3)
+    for phase, scale in (("finetune", 1.0), ("ssl", ssl_scale)):
+        opt = make_optimizer(model, cfg, phase)
+        assert type(opt) is kind
+        assert [g["base_lr"] for g in opt.param_groups] == pytest.approx([0.001 * scale, 0.01 * scale])
+        assert all(g["weight_decay"] == decay for g in opt.param_groups)
+    own = make_optimizer(model, small_cfg(optim__optimizer=name, optim__weight_decay=0.0, optim__ssl_lr_scale=1.0),
+                         "ssl")
+    assert all(g["weight_decay"] == 0.0 for g in own.param_groups)
+    assert [g["base_lr"] for g in own.param_groups] == pytest.approx([0.05, 0.05])
+    # a step under either optimiser trains: the loss of a fixed batch goes down
+    x, y = _fixed_batch()
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 3)
+    opt = make_optimizer(model, cfg, "finetune")
+    first = finetune_batch(model, x, y, cfg, opt, torch.Generator().manual_seed(1))
+    for _ in range(3):
+        last = finetune_batch(model, x, y, cfg, opt, torch.Generator().manual_seed(1))
+    assert sum(last) < sum(first)
+    with pytest.raises(ConfigError, match="optim.optimizer"):
+        small_cfg(optim__optimizer="lamb")
