@@ -280,9 +280,8 @@ class FederatedRun:
             for owner in self.sites:
                 if owner in groups:
                     rows[str(owner)] = {str(s): reply_cell(evals.get(s), lost.get(s), str(owner)) for s in self.sites}
-                else:
-                    why = failed.get(owner, "its reply held none")
-                    rows[str(owner)] = {str(s): {"error": f"site {owner}'s local groups did not arrive ({why})"}
+                else:  # why is in its cell of the global row
+                    rows[str(owner)] = {str(s): {"error": f"site {owner}'s local groups did not arrive"}
                                         for s in self.sites}
         return build_table([str(s) for s in self.sites], model_round, rows, table_note(self.cfg))
 

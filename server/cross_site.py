@@ -108,12 +108,21 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if _number(v) is not None else "–"
 
 
+def error_line(error: str) -> str:
+    """The line of an error that says what happened: a traceback's last, without the wording Flower wraps a
+    ClientApp's exception in."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last.rpartition("Message: ")[2].rstrip("'>\"") if "ClientAppException" in last else last
+
+
 def cell_text(cell: Cell, sites: int, width: int = 60) -> str:
-    """"balanced accuracy / accuracy" (▼ under the majority rate), "kept at the site", or the error, cut to `width`."""
+    """"balanced accuracy / accuracy" (▼ under the majority rate), "kept at the site", or the error's line, cut to
+    `width`."""
     if cell.get("kept_at_site"):
         return "kept at the site"
     if "error" in cell:
-        error = str(cell["error"])
+        error = error_line(cell["error"])
         return error if len(error) <= width else error[: width - 1] + "…"
     text = f"{_fmt(cell.get('balanced_accuracy'))} / {_fmt(cell.get('accuracy'))}"
     if below_majority(cell):

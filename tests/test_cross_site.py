@@ -10,7 +10,7 @@ import pytest
 from client.site import save_local_groups
 from fgssl.config import load_config
 from fgssl.model import build_model
-from server.cross_site import build_table, display_rows, reply_cell, table_note, write_csv
+from server.cross_site import build_table, display_rows, error_line, reply_cell, table_note, write_csv
 from strategies.groups import split_by_site, tag_by_site
 
 from .conftest import TINY, merge
@@ -77,6 +77,9 @@ def test_a_reply_that_is_not_numbers_makes_an_error_cell_or_empty_values():
     assert odd == {"num_examples": 3, "accuracy": None, "balanced_accuracy": None, "majority_rate": None}
     assert build_table(["0"], 1, {"global": {"0": odd}}, "")["cells"]["global"]["mean"] == \
         {"accuracy": None, "balanced_accuracy": None, "majority_rate": None, "sites": 1}
+    # a crashed ClientApp's traceback is shown by its last line, the exception's message
+    crash = "client error: Traceback ...\n  File x\nException ClientAppException occurred. Message: boom (faults)'>"
+    assert error_line(crash) == "boom (faults)" and error_line("no reply within 5 s") == "no reply within 5 s"
     assert build_table(["0"], 1, {}, "")["cells"]["global"] == {"0": {"error": "no reply"},
                                                                  "mean": {"error": "no site's metrics"}}
 

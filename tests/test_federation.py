@@ -30,8 +30,10 @@ def _metrics(run_dir):
 @pytest.mark.slow
 def test_aggregate_is_the_example_weighted_mean_and_local_groups_stay_home(tiny_config, tmp_path):
     # BatchNorm on purpose: its 0-d num_batches_tracked counters must travel and aggregate too.
+    # Site 2 crashes in the cross-site evaluation at the end (after training), so its local groups never go out.
     cfg_path = tiny_config(partition={"method": "dirichlet", "alpha": 1.0}, model={"norm": "batch"},
-                           federation={"sites": 3, "ssl_rounds": 0, "finetune_rounds": 1, "local_groups": ["*bn*"]})
+                           federation={"sites": 3, "ssl_rounds": 0, "finetune_rounds": 1, "local_groups": ["*bn*"]},
+                           simulation={"faults": [{"site": 2, "round": 1, "kind": "cross_site_raise"}]})
     out = tmp_path / "run"
     run_cli("simulate", "--config", str(cfg_path), "--out", str(out), "--quiet")
     cfg = load_config(out / "config.yaml")
@@ -91,6 +93,15 @@ def test_aggregate_is_the_example_weighted_mean_and_local_groups_stay_home(tiny_
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["final"]) == {"0", "1", "2", "pooled"}
     assert (out / "metrics.csv").read_text().startswith("round,phase,site")
+    # The cross-site table: sites 0 and 1 passed their groups on and evaluated each other's models; site 2 crashed,
+    # so its column and its model's row say why there is no number.
+    cells = summary["cross_site"]["cells"]
+    assert summary["cross_site"]["models"] == ["global", "0", "1", "2"]
+    for owner in ("global", "0", "1"):
+        assert all(isinstance(cells[owner][s]["balanced_accuracy"], float) for s in ("0", "1"))
+        assert "injected crash of site 2 in the cross-site evaluation" in cells[owner]["2"]["error"]
+        assert cells[owner]["mean"]["sites"] == 2
+    assert all(cells["2"][s] == {"error": "site 2's local groups did not arrive"} for s in ("0", "1", "2"))
 
 
 @pytest.mark.slow

@@ -202,8 +202,7 @@ def save_epsilon_curve(path: str | Path, series: Series, budget: float | None, d
 
 def _heatmap(fig, ax, values: np.ndarray, texts: Sequence[Sequence[str]], colorbar_label: str) -> None:
     """Values in [0, 1] shaded in blue (NaN: no value, light grey), each cell's text in a colour legible on it."""
-    cmap = plt.get_cmap("Blues").copy()
-    cmap.set_bad("#f0f0f0")
+    cmap = plt.get_cmap("Blues").with_extremes(bad="#f0f0f0")
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(colorbar_label)
     rows, cols = values.shape
