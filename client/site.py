@@ -219,18 +219,20 @@ def cross_site_evaluate(cfg: Config, sites: SiteProvider, site: int, received: N
     device = resolve_device(cfg.train.device)
     model_round = int(request["model_round"])
 
-    def scored(arrays: NamedArrays, local: dict[str, torch.Tensor]) -> tuple[FGSSLNet, dict[str, Any] | None]:
-        model = _model_with(cfg, splits.train.num_classes, arrays, local)
-        return model, evaluate(model.to(device), splits.test) if len(splits.test) else None
+    def scored(arrays: NamedArrays) -> dict[str, Any] | None:
+        """The full metric set on the test split of the model `arrays` hold (None without test images)."""
+        if not len(splits.test):
+            return None
+        return evaluate(_model_with(cfg, splits.train.num_classes, arrays, {}).to(device), splits.test)
 
     arrays: NamedArrays = {}
     if request["cross_site"] == "models":
         shared, groups = split_by_site(received)
-        full = {owner: scored({**shared, **g}, {})[1] for owner, g in sorted(groups.items())}
+        full = {owner: scored({**shared, **g}) for owner, g in sorted(groups.items())}
         kept = [{"model": owner, "test": m} for owner, m in full.items()]
         reply: dict[str, Any] = {"models": {owner: headline(m) if m else None for owner, m in full.items()}}
     else:
-        _, metrics = scored(received, {})
+        metrics = scored(received)
         kept = [{"model": "global", "test": metrics}]
         reply = {"test": headline(metrics) if metrics else None}
         if cfg.cross_site_models:
