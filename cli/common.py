@@ -12,6 +12,7 @@ import torch
 
 from fgssl.config import Config, load_config
 from fgssl.rundir import RunDir, default_run_dir
+from server.cross_site import CSV_FILE, display_rows
 
 
 def resolve_config(args: argparse.Namespace, default_path: str | Path | None = None) -> Config:
@@ -43,3 +44,10 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(out)
+
+
+def cross_site_text(table: dict[str, Any]) -> str:
+    """The cross-site table (summary.json's `cross_site`) as `simulate` and `serve` print it at the end."""
+    columns, rows = display_rows(table)
+    return "\n".join([f"cross-site evaluation ({CSV_FILE}): rows are models, columns each site's test split",
+                      format_table([dict(zip(columns, r)) for r in rows], columns), str(table.get("note", ""))])

@@ -11,7 +11,7 @@ from fgssl.metrics import below_majority
 from fgssl.rundir import CONFIG, RunDir
 from simulations import DEFAULT_CONFIG
 
-from cli.common import format_table, open_run_dir, resolve_config, seed_everything
+from cli.common import cross_site_text, format_table, open_run_dir, resolve_config, seed_everything
 from cli.progress import Output
 
 TABLE = ["site", "num_examples", "accuracy", "majority_rate", "balanced_accuracy", "macro_f1", "macro_auc", "epsilon"]
@@ -86,13 +86,17 @@ def run(args: argparse.Namespace) -> int:
             if below_majority(r):
                 print(f"warning: {'pooled' if r['site'] == 'pooled' else 'site ' + r['site']} test accuracy "
                       f"{r['accuracy']:.3f} is below its majority-class rate {r['majority_rate']:.3f}")
+    if summary.get("cross_site"):
+        out.emit("cross_site", cross_site_text(summary["cross_site"]), result=True, **summary["cross_site"])
     if any(m.get("kept_at_site") for m in final.values()):
         out.emit("note", f"note: each site's own metrics stayed at the site: {run_dir.path}/sites/site_<i>/"
                  "evaluations.jsonl", result=True, text="site metrics kept at the sites")
     out.emit("privacy", f"privacy: {summary['privacy']['text']}", result=True, **summary["privacy"])
     from cli.reports.report import report_at_end
     text_done = (f"fgssl simulate: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
-                 f"(summary.json, metrics.jsonl, metrics.csv, partition.json, model.safetensors + model.json, checkpoint/)")
+                 f"(summary.json, metrics.jsonl, metrics.csv, "
+                 f"{'cross_site.csv, ' if summary.get('cross_site') else ''}partition.json, model.safetensors + "
+                 "model.json, checkpoint/)")
     if out.json:
         paths = report_at_end(run_dir.path, say=out.say)
         scalars = {s: {k: v for k, v in m.items() if not isinstance(v, (dict, list))} for s, m in final.items()}

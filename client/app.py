@@ -11,7 +11,7 @@ from fgssl.config import Config
 from strategies.flower import from_config, from_record, to_config, to_record
 
 from .replies import ReplyCache
-from .site import SiteProvider, evaluate_global, train_round
+from .site import SiteProvider, cross_site_evaluate, evaluate_global, train_round
 from .secagg_app import is_secure_fit, secagg_router, secure_fit_reply
 
 
@@ -57,8 +57,13 @@ def make_client_app(resolve: Resolver) -> ClientApp:
         received, rnd = from_record(msg.content["arrays"]), int(round_cfg["round"])
         with ReplyCache(sites.state_dir(site)).task("evaluate", rnd, received, round_cfg) as task:
             if (result := task.load()) is None:
-                result = ({}, evaluate_global(cfg, sites, site, received, rnd))
+                result = (cross_site_evaluate(cfg, sites, site, received, round_cfg) if "cross_site" in round_cfg
+                          else ({}, evaluate_global(cfg, sites, site, received, rnd)))
                 task.save(*result)
-        return Message(RecordDict({"info": to_config({"site": site, **result[1]})}), reply_to=msg)
+        arrays, info = result
+        content = RecordDict({"info": to_config({"site": site, **info})})
+        if arrays:  # a site's local groups, passed on to the others in a cross-site evaluation
+            content["arrays"] = to_record(arrays)
+        return Message(content, reply_to=msg)
 
     return app

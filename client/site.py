@@ -15,16 +15,17 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fgssl.config import SITE_EVALUATIONS, Config
+from fgssl.config import CROSS_SITE_EVALUATIONS, SITE_EVALUATIONS, Config
 from fgssl.data.images import ImageSet, labelled_part
 from fgssl.data.sources import Splits
+from fgssl.metrics import headline
 from fgssl.model import FGSSLNet, build_model
 from fgssl.privacy.data_ledger import DataLedgerRef, copy_to_data_ledger, run_key
 from fgssl.privacy.ledger import PrivacyLedger
 from fgssl.privacy.node import Mirror, private_round, record_unprotected_round
 from fgssl.rundir import RunDir, load_weights
 from fgssl.train import evaluate, resolve_device, train_local
-from strategies.groups import keys_matching
+from strategies.groups import keys_matching, split_by_site
 from strategies.wire import encode
 
 NamedArrays = dict[str, np.ndarray]
@@ -70,7 +71,10 @@ def load_local_groups(state_dir: Path, before_round: int) -> dict[str, torch.Ten
     return load_weights(best[1]) if best else {}
 
 
-def save_local_groups(state_dir: Path, rnd: int, model: FGSSLNet, patterns: tuple[str, ...], keep: int = 2) -> None:
+def save_local_groups(state_dir: Path, rnd: int, model: FGSSLNet, patterns: tuple[str, ...], keep: int = 2,
+                      also_keep: int | None = None) -> None:
+    """Write this round's local groups; keep the last `keep` rounds' and round `also_keep`'s (the coordinator's
+    selected round, whose model the cross-site evaluation needs)."""
     if not patterns:
         return
     state = model.state_dict()
@@ -79,6 +83,8 @@ def save_local_groups(state_dir: Path, rnd: int, model: FGSSLNet, patterns: tupl
     rounds = sorted(int(m.group(1)) for p in state_dir.glob("local_r*.safetensors")
                     if (m := _LOCAL_FILE.search(p.name)))
     for old in rounds[:-keep]:
+        if old == also_keep:
+            continue
         (state_dir / f"local_r{old}.safetensors").unlink(missing_ok=True)
 
 
@@ -170,7 +176,9 @@ def train_round(cfg: Config, sites: SiteProvider, site: int, received: NamedArra
                              progress=progress, generator=gen, device=device)
         model.to("cpu", memory_format=torch.contiguous_format)
         info = {"num_examples": result.num_examples, "batches": result.batches, **result.losses}
-    save_local_groups(state_dir, rnd, model, cfg.federation.local_groups)
+    keep_round = round_cfg.get("keep_local_round")
+    save_local_groups(state_dir, rnd, model, cfg.federation.local_groups,
+                      also_keep=int(keep_round) if keep_round is not None else None)
     state = model.state_dict()
     arrays = {k: state[k].detach().cpu().numpy() for k in received}
     info = {k: v for k, v in info.items() if not isinstance(v, float) or math.isfinite(v)}
@@ -195,3 +203,45 @@ def evaluate_global(cfg: Config, sites: SiteProvider, site: int, received: Named
     with (state / SITE_EVALUATIONS).open("a", encoding="utf-8") as f:
         f.write(json.dumps({"round": rnd, **metrics}) + "\n")
     return {"kept_at_site": True}
+
+
+def cross_site_evaluate(cfg: Config, sites: SiteProvider, site: int, received: NamedArrays,
+                        request: dict[str, Any]) -> tuple[NamedArrays, dict[str, Any]]:
+    """This site's part of the cross-site evaluation (server/cross_site.py) on its test split. Request "global": the
+    federation's kept model as it is (every key received) and, where cfg.cross_site_models, this site's local groups
+    of that model's round to pass on. Request "models": every site's model the coordinator carried (the shared
+    weights plus site k's groups under 'site<k>/<key>'). Under sample-level DP the metrics go to
+    CROSS_SITE_EVALUATIONS in the state directory and the reply says only that."""
+    if any(f.kind == "cross_site_raise" and f.site == site for f in cfg.simulation.faults):
+        raise RuntimeError(f"injected crash of site {site} in the cross-site evaluation (simulation.faults)")
+    torch.set_num_threads(cfg.simulation.client_cpus)
+    splits, state = sites.splits(site), sites.state_dir(site)
+    device = resolve_device(cfg.train.device)
+    model_round = int(request["model_round"])
+
+    def scored(arrays: NamedArrays) -> dict[str, Any] | None:
+        """The full metric set on the test split of the model `arrays` hold (None without test images)."""
+        if not len(splits.test):
+            return None
+        return evaluate(_model_with(cfg, splits.train.num_classes, arrays, {}).to(device), splits.test)
+
+    arrays: NamedArrays = {}
+    if request["cross_site"] == "models":
+        shared, groups = split_by_site(received)
+        full = {owner: scored({**shared, **g}) for owner, g in sorted(groups.items())}
+        kept = [{"model": owner, "test": m} for owner, m in full.items()]
+        reply: dict[str, Any] = {"models": {owner: headline(m) if m else None for owner, m in full.items()}}
+    else:
+        metrics = scored(received)
+        kept = [{"model": "global", "test": metrics}]
+        reply = {"test": headline(metrics) if metrics else None}
+        if cfg.cross_site_models:
+            own = _model_with(cfg, splits.train.num_classes, received, load_local_groups(state, model_round + 1))
+            values = own.state_dict()
+            arrays = {k: values[k].numpy() for k in keys_matching(list(values), cfg.federation.local_groups)}
+    if not cfg.privacy.evaluation_stays_at_sites:
+        return arrays, reply
+    with (state / CROSS_SITE_EVALUATIONS).open("a", encoding="utf-8") as f:
+        for line in kept:
+            f.write(json.dumps({**line, "model_round": model_round}) + "\n")
+    return {}, {"kept_at_site": True}

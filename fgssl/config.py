@@ -299,9 +299,10 @@ class FaultConfig:
     # coordinator throws the site's first training reply of the round away, as when Flower fails to upload it (the
     # site has trained and paid for it), so the round must ask it again; coordinator_crash: the coordinator stops
     # after the round's global went out for evaluation and before its checkpoint (a fresh run only, not a resumed
-    # one; `site` is not used).
+    # one; `site` is not used); cross_site_raise: the site's client crashes in the cross-site evaluation after the
+    # last round (`round` is not used).
     kind: Literal["raise", "nan", "wrong_shape", "scale", "huge_metric", "extra_array", "lost_reply",
-                  "coordinator_crash"]
+                  "coordinator_crash", "cross_site_raise"]
     scale: float = 1e6
 
 
@@ -309,6 +310,9 @@ AGGREGATIONS = ("fedavg", "norm_bounded", "trimmed_mean")
 # A site's own evaluations of the global model when they may not leave it (PrivacyConfig.evaluation_stays_at_sites):
 # one line per evaluation, {"round", "val", "test"} with the full metric sets, in the site's state directory.
 SITE_EVALUATIONS = "evaluations.jsonl"
+# Likewise for the cross-site evaluation after the last round: one line per model evaluated, {"model",
+# "model_round", "test"}.
+CROSS_SITE_EVALUATIONS = "cross_site.jsonl"
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
 # How a site uploads its update (strategies/wire.py): its change in float16, scaled per tensor, or float32 values.
 UPLOAD_ENCODINGS = ("float16_delta", "float32")
@@ -333,7 +337,8 @@ class FederationConfig:
     # null = the optimiser's usual default (1.0 for fedavg/fedavgm, 0.01 for fedadam)
     server_lr: float | None = None
     server_momentum: float = 0.9
-    # Glob patterns of parameter names that never leave a site (FedBN: ["*bn*", "*downsample.1*", "*norm*"]).
+    # Glob patterns of parameter names that never leave a site in training rounds (FedBN: ["*bn*", "*downsample.1*",
+    # "*norm*"]); under privacy.mode 'none' the cross-site evaluation passes them to the other sites at the end.
     local_groups: tuple[str, ...] = ()
     # Updates are dropped when their change from the global weights exceeds this L2 norm (null = no bound).
     max_update_norm: float | None = 1000.0
@@ -348,6 +353,9 @@ class FederationConfig:
     # aggregation and privacy.mode 'client' always upload float32 (their own exact arithmetic): see
     # Config.upload_encoding.
     upload_encoding: str = "float16_delta"
+    # After the last round, every site evaluates the selected global model on its test split and, where site-local
+    # groups exist and privacy.mode is 'none', every site's own model too (server/cross_site.py).
+    cross_site: bool = True
     # Secure aggregation (Flower's SecAgg+, see README "Secure aggregation"): each site sends its change of the weights
     # it was sent, clipped per coordinate to [-secagg_clipping_range, secagg_clipping_range], quantised to
     # secagg_quantization_range levels and masked; the server only learns the equal-weight mean of the changes, exact
@@ -613,6 +621,13 @@ class Config:
             _require(f.site < self.federation.sites, f"simulation.faults[{i}].site",
                      f"site {f.site} does not exist (federation.sites={self.federation.sites})")
         return self
+
+    @property
+    def cross_site_models(self) -> bool:
+        """Whether the cross-site evaluation covers each site's own model (the global one plus its local groups) at
+        the other sites: its local groups then travel there through the coordinator, a release that only
+        privacy.mode 'none' allows."""
+        return self.federation.cross_site and bool(self.federation.local_groups) and self.privacy.mode == "none"
 
     @property
     def upload_encoding(self) -> str:

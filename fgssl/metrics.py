@@ -216,6 +216,16 @@ def below_majority(metrics: dict[str, Any]) -> bool:
     return acc is not None and rate is not None and acc < rate - 1e-12
 
 
+# A model's honest headline on one split (DESIGN §7): accuracy beside balanced accuracy and the majority-class rate,
+# and how many images they are over. What a cross-site evaluation reports per (model, site's test split).
+HEADLINE_METRICS = ("num_examples", "accuracy", "balanced_accuracy", "majority_rate")
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The HEADLINE_METRICS of a full metric set (classification_metrics)."""
+    return {k: metrics.get(k) for k in HEADLINE_METRICS}
+
+
 def majority_rate(y_true: np.ndarray, num_classes: int) -> float | None:
     """The share of the most frequent class in y_true: the accuracy of always predicting it."""
     if y_true.size == 0:

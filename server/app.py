@@ -30,12 +30,14 @@ from strategies.aggregate import SiteUpdate
 from strategies.client_dp import client_dp_aggregate
 from strategies.fgssl_strategy import FGSSLStrategy, RoundOutcome
 from strategies.flower import array_specs, screen_reply, to_config, to_record, uploaded_bytes
-from strategies.incoming import RejectedReply
+from strategies.groups import tag_by_site
+from strategies.incoming import ArraySpec, RejectedReply
 from strategies.secagg import secure_round
 from strategies.wire import decode, is_encoded
 
 from .checkpoint import (drop_unselected, load_checkpoint, load_releases, load_selected, save_checkpoint,
                          save_releases, save_selected)
+from .cross_site import CSV_FILE, GLOBAL, build_table, reply_cell, table_note, write_csv
 from .exchange import exchange
 
 Say = Callable[[str], None]
@@ -142,7 +144,10 @@ class FederatedRun:
         self.selected_eval: dict[str, Any] | None = None
         self.asks: dict[int, int] = {}  # how often each site was sent the last request
 
-    def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray], config: dict[str, Any]):
+    def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray], config: dict[str, Any],
+              expected: dict[str, ArraySpec] | None = None):
+        """Ask every site; (screened replies, their arrays, why the others failed). `expected`: the arrays a reply
+        may hold (default: a training reply the arrays sent, any other reply none)."""
         mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
         record, settings = to_record(arrays), to_config(config)
         requests = {s: Message(RecordDict({"arrays": record, "config": settings}), dst_node_id=n,
@@ -156,7 +161,8 @@ class FederatedRun:
         arrays_by_site: dict[int, dict[str, np.ndarray]] = {}
         failed: dict[int, str] = {}
         self.replies: dict[int, Message] = {}  # the raw replies with arrays, for Flower's DP wrapper
-        expected = array_specs(arrays) if kind == "train" else {}
+        if expected is None:
+            expected = array_specs(arrays) if kind == "train" else {}
         compact = config.get("upload_encoding") == "float16_delta"
         for site, r in got.replies.items():
             if r.has_error():
@@ -181,6 +187,9 @@ class FederatedRun:
         round_cfg = {**self.strategy.round_config(rnd, self.cfg.seed), "run_id": self.run_dir.path.name,
                      "run_uid": self.run_uid, "upload_encoding": self.cfg.upload_encoding,
                      **(self.weights.to_round_config() if self.weights else {})}
+        if self.cfg.cross_site_models and self.selection.best_step is not None:
+            # The sites keep their local groups of the round selected so far: its model is evaluated cross-site.
+            round_cfg["keep_local_round"] = self.selection.best_step
         keys = self.strategy.keys_to_send(round_cfg["phase"])
         sent = {k: self.global_[k] for k in keys}
         if self.cfg.federation.secure_aggregation:  # the server learns only the mean change, through SecAgg+
@@ -251,6 +260,30 @@ class FederatedRun:
         if val:
             out.setdefault("pooled", {}).update(flat_metrics(pooled_from_confusion(val, self.class_names), "val_"))
         return out
+
+    def cross_site(self, model_round: int, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        """After the last round: every site evaluates the kept global model (`state`, from `model_round`) on its test
+        split; where cfg.cross_site_models, each site also sends its local groups, and a second request carries them
+        all to every site, which evaluates each site's model on its own test split. server/cross_site.py builds the
+        table; failures and timeouts take the rounds' path (_send) and become cells that say so."""
+        rnd, local = self.cfg.federation.total_rounds, self.strategy.local_keys
+        request = {"round": rnd, "model_round": model_round}
+        share = self.cfg.cross_site_models
+        expected = array_specs({k: state[k] for k in local}) if share else {}
+        info, groups, failed = self._send("cross-site", rnd, state, {**request, "cross_site": GLOBAL}, expected)
+        rows = {GLOBAL: {str(s): reply_cell(info.get(s), failed.get(s)) for s in self.sites}}
+        if share:
+            shared = {k: v for k, v in state.items() if k not in local}
+            sent = {**shared, **tag_by_site(groups)}
+            evals, _, lost = self._send("cross-site", rnd, sent, {**request, "cross_site": "models"}) if groups \
+                else ({}, {}, {})
+            for owner in self.sites:
+                if owner in groups:
+                    rows[str(owner)] = {str(s): reply_cell(evals.get(s), lost.get(s), str(owner)) for s in self.sites}
+                else:  # why is in its cell of the global row
+                    rows[str(owner)] = {str(s): {"error": f"site {owner}'s local groups did not arrive"}
+                                        for s in self.sites}
+        return build_table([str(s) for s in self.sites], model_round, rows, table_note(self.cfg))
 
     def _select(self, rnd: int, evals: dict[str, dict[str, Any]], ckpt_dir: Path) -> None:
         """Offer round `rnd` to the selection; a winner's weights and metrics go to disk before the checkpoint."""
@@ -332,16 +365,21 @@ class FederatedRun:
         chosen = self.selection.best_state if self.selection.best_step is not None else None
         self.run_dir.save_weights({k: torch.from_numpy(np.array(v)) for k, v in chosen.items()} if chosen else last)
         final = self.selected_eval if chosen else self.last_eval
+        final_round = self.selection.best_step if chosen else fed.total_rounds
+        cross = self.cross_site(final_round, chosen or self.global_) if fed.cross_site else None
         summary = {"command": "simulate", "run_id": run_key(self.run_dir.path.name, self.run_uid),
                    "rounds": fed.total_rounds, "sites": len(self.sites),
                    "class_names": self.class_names, "chance_balanced_accuracy": 1.0 / len(self.class_names),
                    "elapsed_s": round(time.time() - started, 1), "final": dict(final or {}),
-                   "final_round": self.selection.best_step if chosen else fed.total_rounds,
+                   "final_round": final_round,
                    "final_last": self.last_eval, "selected": self.selection.summary("round"),
                    "privacy": privacy_statement(self.cfg, self.epsilon, "pooled" in (final or {}),
                                                 self.data_statement() if self.data_statement else None)}
         for site, spent in self.epsilon.items():  # ε is what each site has spent in the whole run
             summary["final"][site] = {**summary["final"].get(site, {}), **spent}
+        if cross is not None:
+            summary["cross_site"] = cross
+            write_csv(cross, self.run_dir.path / CSV_FILE)
         self.run_dir.write_summary(summary)
         self.run_dir.write_metrics_csv()
         write_model_card(self.run_dir.path, describe(self.cfg, self.class_names, summary))

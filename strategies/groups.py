@@ -45,3 +45,22 @@ def select(named: Mapping[str, np.ndarray], keys: Iterable[str]) -> NamedArrays:
     if missing:
         raise KeyError(f"not in the named arrays: {', '.join(missing)}")
     return {k: named[k] for k in keys}
+
+
+def tag_by_site(groups: Mapping[int | str, NamedArrays]) -> NamedArrays:
+    """Several sites' arrays under one set of names, ``site<k>/<key>``, for a message that carries them all (model
+    keys never hold a slash)."""
+    return {f"site{site}/{k}": v for site, arrays in groups.items() for k, v in arrays.items()}
+
+
+def split_by_site(named: Mapping[str, np.ndarray]) -> tuple[NamedArrays, dict[str, NamedArrays]]:
+    """The inverse of ``tag_by_site``: (the untagged arrays, site id -> that site's arrays under their own keys)."""
+    shared: NamedArrays = {}
+    by_site: dict[str, NamedArrays] = {}
+    for name, v in named.items():
+        owner, slash, key = name.partition("/")
+        if slash and owner.startswith("site"):
+            by_site.setdefault(owner[len("site"):], {})[key] = v
+        else:
+            shared[name] = v
+    return shared, by_site

@@ -204,6 +204,10 @@ def test_tls_authenticated_federation_writes_a_run_directory(federation):
     assert {(r["round"], r["site"]) for r in records} >= {(1, "0"), (1, "1"), (1, "2"), (2, "pooled")}
     out = f.serve.text
     assert "SuperNode authentication on" in out and "round 2/2 [finetune]" in out
+    # the cross-site evaluation runs over the same SuperLink: the live hospitals' cells, and the dead one's error
+    cross = summary["cross_site"]["cells"]["global"]
+    assert all("balanced_accuracy" in cross[s] for s in ("0", "1", "2")) and "error" in cross["3"], cross
+    assert "cross-site evaluation (cross_site.csv)" in out and (f.run_dir / "cross_site.csv").is_file()
     assert "stopping the SuperLink" in out
 
 

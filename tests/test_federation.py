@@ -30,8 +30,10 @@ def _metrics(run_dir):
 @pytest.mark.slow
 def test_aggregate_is_the_example_weighted_mean_and_local_groups_stay_home(tiny_config, tmp_path):
     # BatchNorm on purpose: its 0-d num_batches_tracked counters must travel and aggregate too.
+    # Site 2 crashes in the cross-site evaluation at the end (after training), so its local groups never go out.
     cfg_path = tiny_config(partition={"method": "dirichlet", "alpha": 1.0}, model={"norm": "batch"},
-                           federation={"sites": 3, "ssl_rounds": 0, "finetune_rounds": 1, "local_groups": ["*bn*"]})
+                           federation={"sites": 3, "ssl_rounds": 0, "finetune_rounds": 1, "local_groups": ["*bn*"]},
+                           simulation={"faults": [{"site": 2, "round": 1, "kind": "cross_site_raise"}]})
     out = tmp_path / "run"
     run_cli("simulate", "--config", str(cfg_path), "--out", str(out), "--quiet")
     cfg = load_config(out / "config.yaml")
@@ -91,13 +93,23 @@ def test_aggregate_is_the_example_weighted_mean_and_local_groups_stay_home(tiny_
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["final"]) == {"0", "1", "2", "pooled"}
     assert (out / "metrics.csv").read_text().startswith("round,phase,site")
+    # The cross-site table: sites 0 and 1 passed their groups on and evaluated each other's models; site 2 crashed,
+    # so its column and its model's row say why there is no number.
+    cells = summary["cross_site"]["cells"]
+    assert summary["cross_site"]["models"] == ["global", "0", "1", "2"]
+    for owner in ("global", "0", "1"):
+        assert all(isinstance(cells[owner][s]["balanced_accuracy"], float) for s in ("0", "1"))
+        assert "injected crash of site 2 in the cross-site evaluation" in cells[owner]["2"]["error"]
+        assert cells[owner]["mean"]["sites"] == 2
+    assert all(cells["2"][s] == {"error": "site 2's local groups did not arrive"} for s in ("0", "1", "2"))
 
 
 @pytest.mark.slow
 def test_bad_updates_and_a_crashing_site_are_dropped_and_the_round_completes(tiny_config, tmp_path):
     faults = [{"site": 0, "round": 1, "kind": "nan"}, {"site": 1, "round": 1, "kind": "wrong_shape"},
               {"site": 2, "round": 1, "kind": "scale", "scale": 1e6}, {"site": 3, "round": 1, "kind": "raise"},
-              {"site": 5, "round": 1, "kind": "huge_metric"}, {"site": 6, "round": 1, "kind": "extra_array"}]
+              {"site": 5, "round": 1, "kind": "huge_metric"}, {"site": 6, "round": 1, "kind": "extra_array"},
+              {"site": 4, "round": 1, "kind": "cross_site_raise"}]
     cfg_path = tiny_config(federation={"sites": 7, "ssl_rounds": 0, "finetune_rounds": 1, "min_nodes": 1},
                            simulation={"faults": faults})
     out = tmp_path / "run"
@@ -114,6 +126,11 @@ def test_bad_updates_and_a_crashing_site_are_dropped_and_the_round_completes(tin
     assert (out / "model.safetensors").exists()
     final = load_file(str(out / "model.safetensors"))
     assert all(np.isfinite(v).all() for v in final.values())
+    # site 4 crashed in the cross-site evaluation: its cell says so, the others' hold their metrics, the run completed
+    cells = json.loads((out / "summary.json").read_text())["cross_site"]["cells"]["global"]
+    assert "injected crash of site 4 in the cross-site evaluation" in cells["4"]["error"]
+    assert all(isinstance(cells[s]["balanced_accuracy"], float) for s in "012356") and cells["mean"]["sites"] == 6
+    assert "injected crash of site 4 in the cross-site" in (out / "cross_site.csv").read_text()
 
 
 @pytest.mark.slow
@@ -152,6 +169,7 @@ def test_resume_after_a_kill_gives_the_same_final_weights(tiny_config, tmp_path)
     assert not (killed / "model.safetensors").exists()
 
     run_cli("simulate", "--resume", str(killed), "--quiet")
+    _check_cross_site(straight, tmp_path / "check")
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert set(a) == set(b)
     for k in a:
@@ -160,12 +178,51 @@ def test_resume_after_a_kill_gives_the_same_final_weights(tiny_config, tmp_path)
     assert len(rounds) == len(set(rounds)), "a resumed round was logged twice"
     assert rounds == [(r["round"], r["site"]) for r in _metrics(straight)]
 
-    # Stopped after the last checkpoint but before the summary: resuming recomputes the final metrics.
     original = json.loads((straight / "summary.json").read_text())
+    assert json.loads((killed / "summary.json").read_text())["cross_site"] == original["cross_site"]
+
+    # Stopped after the last checkpoint but before the summary (during the cross-site evaluation): resuming
+    # recomputes the final metrics and redoes the cross-site evaluation.
     (straight / "summary.json").unlink()
+    (straight / "cross_site.csv").unlink()
     run_cli("simulate", "--resume", str(straight), "--quiet")
     again = json.loads((straight / "summary.json").read_text())
     assert again["final"] == original["final"] and again["final"]["pooled"]["balanced_accuracy"] is not None
+    assert again["cross_site"] == original["cross_site"] and (straight / "cross_site.csv").is_file()
+
+
+def _check_cross_site(run, scratch):
+    """The cross-site table of a finished run with local groups and no DP, against an evaluation made here: the kept
+    global model, alone and with each site's local groups of its round, on every site's test split."""
+    import torch
+
+    from fgssl.metrics import HEADLINE_METRICS
+    from fgssl.model import build_model
+    from fgssl.train import evaluate
+
+    summary = json.loads((run / "summary.json").read_text())
+    table, rnd = summary["cross_site"], summary["final_round"]
+    assert table["models"] == ["global", "0", "1"] and table["sites"] == ["0", "1"] and table["model_round"] == rnd
+    assert all(set(table["cells"][m]) == {"0", "1", "mean"} for m in table["models"])
+    cfg = load_config(run / "config.yaml")
+    partition = json.loads((run / "partition.json").read_text())
+    sites = SimulatedSites(cfg, [np.array(s["indices"]) for s in partition["sites"]], scratch)
+    weights = load_file(str(run / "model.safetensors"))
+    for owner in table["models"]:
+        state = dict(weights)
+        if owner != "global":
+            state.update(load_file(str(run / "sites" / f"site_{owner}" / f"local_r{rnd}.safetensors")))
+        model = build_model(cfg.model, len(partition["class_names"]))
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        for s in table["sites"]:
+            expected = evaluate(model, sites.splits(int(s)).test)
+            assert table["cells"][owner][s] == {k: expected[k] for k in HEADLINE_METRICS}, (owner, s)
+        row = [table["cells"][owner][s]["balanced_accuracy"] for s in table["sites"]]
+        assert table["cells"][owner]["mean"]["balanced_accuracy"] == pytest.approx(sum(row) / len(row))
+    for s in table["sites"]:  # the diagonal: each site's model on its own split, as the rounds reported it
+        assert table["cells"][s][s]["balanced_accuracy"] == summary["final"][s]["balanced_accuracy"]
+        assert table["cells"][s][s]["accuracy"] == summary["final"][s]["accuracy"]
+    assert (run / "cross_site.csv").read_text().count("\n") == 1 + 3 * 3
 
 
 @pytest.mark.parametrize("override,key", [

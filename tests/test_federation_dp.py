@@ -57,6 +57,16 @@ def test_dp_run_reports_ledger_epsilon_an_exhausted_site_refuses_and_a_lost_repl
     assert [r["round"] for r in kept] == [2] and "confusion_matrix" in kept[0]["test"]
     assert "stay at the site" in summary["privacy"]["text"] and "copy of the sites' test" in summary["privacy"]["text"]
     assert "evaluations.jsonl" in proc.stdout
+    # The cross-site evaluation: the global row only, every cell kept at its site, which holds the row itself
+    cross = summary["cross_site"]
+    assert cross["models"] == ["global"] and cross["model_round"] == 2
+    assert cross["cells"]["global"] == {s: {"kept_at_site": True} for s in ("0", "1", "mean")}
+    assert "'kept at the site'" in cross["note"] and "cross_site.jsonl" in cross["note"]
+    assert "kept at the site" in proc.stdout and "cross-site evaluation" in proc.stdout
+    for site in ("0", "1"):
+        [row] = [json.loads(line) for line in (out / "sites" / f"site_{site}" / "cross_site.jsonl").read_text().splitlines()]
+        assert (row["model"], row["model_round"]) == ("global", 2) and "balanced_accuracy" in row["test"]
+    assert (out / "cross_site.csv").read_text().count("kept at the site") == 3
 
 
 def test_a_site_refuses_a_coordinator_delta_above_its_limit(tmp_path):
@@ -158,6 +168,30 @@ def test_a_dp_reply_tells_nothing_of_n_beyond_the_released_count(tmp_path, monke
         assert (count.sample_rate, count.steps, count.noise_multiplier) == (1.0, 1, 20.0)
 
 
+def _images(n: int, seed: int):
+    import torch
+
+    from fgssl.data.images import ImageSet
+
+    g = torch.Generator().manual_seed(seed)
+    return ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(n) % 3,
+                    ("a", "b", "c"))
+
+
+class _Site:
+    """A SiteProvider of one site with fixed splits."""
+
+    def __init__(self, splits, state: Path) -> None:
+        self._splits, self._state = splits, state
+
+    def splits(self, site: int):
+        return self._splits
+
+    def state_dir(self, site: int) -> Path:
+        self._state.mkdir(parents=True, exist_ok=True)
+        return self._state
+
+
 def test_a_dp_site_keeps_its_evaluation_and_sends_nothing_that_depends_on_its_images(tmp_path):
     """Under sample-level DP the evaluation reply is the same for two sites whose val and test splits differ in one
     image (and whose models see them differently); the metrics go to the site's own evaluations.jsonl. Without DP
@@ -166,34 +200,17 @@ def test_a_dp_site_keeps_its_evaluation_and_sends_nothing_that_depends_on_its_im
 
     from client.site import evaluate_global
     from fgssl.config import SITE_EVALUATIONS, load_config
-    from fgssl.data.images import ImageSet
     from fgssl.data.sources import Splits
     from fgssl.model import build_model
 
     from .conftest import TINY, merge
 
-    def images(n: int, seed: int) -> ImageSet:
-        g = torch.Generator().manual_seed(seed)
-        return ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(n) % 3,
-                        ("a", "b", "c"))
-
-    class Site:
-        def __init__(self, splits: Splits, state: Path) -> None:
-            self._splits, self._state = splits, state
-
-        def splits(self, site: int) -> Splits:
-            return self._splits
-
-        def state_dir(self, site: int) -> Path:
-            self._state.mkdir(parents=True, exist_ok=True)
-            return self._state
-
-    val, test = images(30, 1), images(40, 2)
-    variants = {"full": Splits(images(60, 0), val, test),
-                "one_less": Splits(images(60, 0), val.subset(torch.arange(29)), test)}
+    val, test = _images(30, 1), _images(40, 2)
+    variants = {"full": Splits(_images(60, 0), val, test),
+                "one_less": Splits(_images(60, 0), val.subset(torch.arange(29)), test)}
     dp = load_config(None, [], base=merge(TINY, {"privacy": {"mode": "sample", "target_epsilon": 8.0}}))
     received = {k: v.numpy() for k, v in build_model(dp.model, 3).state_dict().items()}
-    replies = {name: evaluate_global(dp, Site(sp, tmp_path / name), 0, received, rnd=2)
+    replies = {name: evaluate_global(dp, _Site(sp, tmp_path / name), 0, received, rnd=2)
                for name, sp in variants.items()}
     assert replies["full"] == replies["one_less"] == {"kept_at_site": True}
     kept = {name: [json.loads(line) for line in (tmp_path / name / SITE_EVALUATIONS).read_text().splitlines()]
@@ -203,9 +220,51 @@ def test_a_dp_site_keeps_its_evaluation_and_sends_nothing_that_depends_on_its_im
     assert kept["full"][0]["test"]["confusion_matrix"] == kept["one_less"][0]["test"]["confusion_matrix"]
 
     plain = dp.replace(privacy=dp.privacy.__class__())
-    reply = evaluate_global(plain, Site(variants["full"], tmp_path / "plain"), 0, received, rnd=2)
+    reply = evaluate_global(plain, _Site(variants["full"], tmp_path / "plain"), 0, received, rnd=2)
     assert reply["val"]["num_examples"] == 30 and "confusion_matrix" in reply["test"]
     assert not (tmp_path / "plain" / SITE_EVALUATIONS).exists()
+
+
+def test_a_dp_sites_cross_site_reply_is_the_same_for_test_sets_that_differ_in_one_image(tmp_path):
+    """The cross-site evaluation under sample-level DP: two sites whose test splits differ in one image send the same
+    reply, no arrays (their local groups stay home) and no metric; each keeps its row in cross_site.jsonl. Without DP
+    the same request returns the site's local groups and its test metrics."""
+    import torch
+
+    from client.site import cross_site_evaluate
+    from fgssl.config import CROSS_SITE_EVALUATIONS, load_config
+    from fgssl.data.sources import Splits
+    from fgssl.metrics import HEADLINE_METRICS
+    from fgssl.model import build_model
+    from strategies.groups import keys_matching, tag_by_site
+
+    from .conftest import TINY, merge
+
+    test = _images(40, 2)
+    variants = {"full": Splits(_images(60, 0), _images(30, 1), test),
+                "one_less": Splits(_images(60, 0), _images(30, 1), test.subset(torch.arange(39)))}
+    dp = load_config(None, [], base=merge(TINY, {"privacy": {"mode": "sample", "target_epsilon": 8.0},
+                                                 "federation": {"local_groups": ["*bn*"]}}))
+    received = {k: v.numpy() for k, v in build_model(dp.model, 3).state_dict().items()}
+    request = {"round": 3, "model_round": 2, "cross_site": "global"}
+    replies = {name: cross_site_evaluate(dp, _Site(sp, tmp_path / name), 0, received, request)
+               for name, sp in variants.items()}
+    assert replies["full"] == replies["one_less"] == ({}, {"kept_at_site": True})
+    kept = {name: [json.loads(line) for line in (tmp_path / name / CROSS_SITE_EVALUATIONS).read_text().splitlines()]
+            for name in variants}
+    assert [(r["model"], r["model_round"]) for r in kept["full"]] == [("global", 2)]
+    assert kept["full"][0]["test"]["num_examples"] == 40 and kept["one_less"][0]["test"]["num_examples"] == 39
+    # a request for other sites' models (never sent under DP) gets no more out of a site
+    local = keys_matching(list(received), ["*bn*"])
+    carried = {**received, **tag_by_site({1: {k: received[k] for k in local}})}
+    again = cross_site_evaluate(dp, _Site(variants["full"], tmp_path / "full"), 0, carried,
+                                {**request, "cross_site": "models"})
+    assert again == ({}, {"kept_at_site": True})
+
+    plain = dp.replace(privacy=dp.privacy.__class__())
+    arrays, reply = cross_site_evaluate(plain, _Site(variants["full"], tmp_path / "plain"), 0, received, request)
+    assert sorted(arrays) == sorted(local) and set(reply["test"]) == set(HEADLINE_METRICS)
+    assert reply["test"]["num_examples"] == 40 and not (tmp_path / "plain" / CROSS_SITE_EVALUATIONS).exists()
 
 
 def test_training_without_dp_is_remembered_and_a_later_dp_run_refuses(tiny_config, tmp_path):

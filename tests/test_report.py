@@ -53,8 +53,14 @@ def test_report_on_a_finished_run(finished_run, tmp_path):
     assert f"{final['0']['balanced_accuracy']:.3f}" in row
     assert "| total | 240 |" in md  # partition table
     # self-contained: every plot inlined, no reference to a file
-    assert page.count('src="data:image/png;base64,') == len(EXPECTED) and 'src="plots/' not in page
+    assert page.count('src="data:image/png;base64,') == len(EXPECTED) + 1 and 'src="plots/' not in page
     check_plots(run, EXPECTED)
+    # the cross-site section: the global model's row holds summary.json's cross-site numbers, and its heat map
+    cross = json.loads((run / "summary.json").read_text())["cross_site"]
+    row = next(line for line in md.splitlines() if line.startswith(f"| global (round {cross['model_round']}) |"))
+    assert f"{cross['cells']['global']['1']['balanced_accuracy']:.3f} / " in row
+    assert "## Cross-site evaluation" in md and "local_groups is empty" in md and "](plots/cross_site.png)" in md
+    assert "Cross-site evaluation" in page and (run / "plots" / "cross_site.png").stat().st_size > 5000
     assert not (run / "plots" / "epsilon.png").exists()  # no DP, no ε plot
     for text in (md, page):  # the jigsaw views: the run's granularities, images regenerated from its config
         assert "Jigsaw views" in text and "model.granularities" in text and "regenerated from config.yaml" in text
@@ -95,6 +101,7 @@ def test_report_on_an_interrupted_run(finished_run, tmp_path):
         assert "This run did not finish: it stopped at round 2 of 3" in text
         assert "from round 2, the last evaluated round" in text
         assert "No differential privacy" in text
+        assert "The cross-site evaluation follows the last round; this run did not get there." in text
     round2 = {r["site"]: r for r in map(json.loads, kept) if r["round"] == 2}
     row = next(line for line in md.splitlines() if line.startswith("| pooled |"))
     assert f"{round2['pooled']['balanced_accuracy']:.3f}" in row

@@ -21,7 +21,7 @@ from fgssl.rundir import CONFIG, SUMMARY, RunDir, default_run_dir
 from server.deployment import config_to_run_value
 from simulations import DEFAULT_CONFIG
 
-from cli.common import format_table
+from cli.common import cross_site_text, format_table
 from cli.deploy.federation import (DeployError, ServerCerts, find_public_keys, flower_env, flwr_run_command,
                                    join_address, local_host_for, parse_address, register_keys, superlink_command,
                                    write_connection, write_run_config)
@@ -174,9 +174,12 @@ def _finish(run_dir: RunDir, say: Callable[[str], None]) -> None:
     rows = [{"site": s, **m} for s, m in summary.get("final", {}).items()]
     if rows:
         say(format_table(rows, [c for c in TABLE if c != "epsilon" or any("epsilon" in r for r in rows)]))
+    if summary.get("cross_site"):
+        say(cross_site_text(summary["cross_site"]))
     say(f"privacy: {summary['privacy']['text']}")
     say(f"fgssl serve: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} (summary.json, "
-        "metrics.jsonl, metrics.csv, model.safetensors + model.json, checkpoint/, superlink.log, flwr-run.log)")
+        f"metrics.jsonl, metrics.csv, {'cross_site.csv, ' if summary.get('cross_site') else ''}model.safetensors + "
+        "model.json, checkpoint/, superlink.log, flwr-run.log)")
     from cli.reports.report import write_report
     try:
         paths = write_report(run_dir.path)

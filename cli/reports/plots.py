@@ -200,6 +200,20 @@ def save_epsilon_curve(path: str | Path, series: Series, budget: float | None, d
     return save_figure(fig, path)
 
 
+def _heatmap(fig, ax, values: np.ndarray, texts: Sequence[Sequence[str]], colorbar_label: str) -> None:
+    """Values in [0, 1] shaded in blue (NaN: no value, light grey), each cell's text in a colour legible on it."""
+    cmap = plt.get_cmap("Blues").with_extremes(bad="#f0f0f0")
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(colorbar_label)
+    rows, cols = values.shape
+    fontsize = 9 if max(rows, cols) <= 8 else 7 if max(rows, cols) <= 12 else 5
+    for i in range(rows):
+        for j in range(cols):
+            v = values[i, j]
+            color = "grey" if not np.isfinite(v) else "white" if v > 0.55 else "black"
+            ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=fontsize, color=color)
+
+
 def save_confusion_matrix(path: str | Path, matrix: Sequence[Sequence[int]], class_names: Sequence[str],
                           title: str = "") -> Path:
     """Row-normalised confusion matrix (colour and % = share of the true class), with the counts in each cell."""
@@ -207,25 +221,33 @@ def save_confusion_matrix(path: str | Path, matrix: Sequence[Sequence[int]], cla
     n = cm.shape[0]
     names = list(class_names)[:n] + [str(k) for k in range(len(class_names), n)]
     support = cm.sum(axis=1)
-    norm = np.divide(cm, support[:, None], out=np.zeros_like(cm), where=support[:, None] > 0)
+    norm = np.divide(cm, support[:, None], out=np.full_like(cm, np.nan), where=support[:, None] > 0)
+    texts = [["–" if support[i] == 0 else f"{norm[i, j]:.0%}\n({int(cm[i, j])})" for j in range(n)] for i in range(n)]
     fig, ax = plt.subplots(figsize=CONFUSION_FIGSIZE, dpi=REPORT_DPI)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    cbar.set_label("share of the true class's images (row-normalised)")
-    fontsize = 9 if n <= 8 else 7 if n <= 12 else 5
-    for i in range(n):
-        for j in range(n):
-            if support[i] == 0:
-                text, color = "–", "grey"
-            else:
-                text = f"{norm[i, j]:.0%}\n({int(cm[i, j])})"
-                color = "white" if norm[i, j] > 0.55 else "black"
-            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
+    _heatmap(fig, ax, norm, texts, "share of the true class's images (row-normalised)")
     ax.set_xticks(range(n), names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
     ax.set_yticks(range(n), [f"{name} (n={int(s)})" for name, s in zip(names, support)])
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (number of test images)")
     ax.set_title(title or "Confusion matrix", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_cross_site(path: str | Path, values: Sequence[Sequence[float]], texts: Sequence[Sequence[str]],
+                    models: Sequence[str], splits: Sequence[str], title: str = "") -> Path:
+    """The cross-site table as a heat map: rows models, columns test splits (and their mean), shaded by balanced
+    accuracy (NaN: no number, e.g. kept at the site or failed), each cell's `texts` on it."""
+    grid = np.asarray(values, dtype=np.float64).reshape(len(models), len(splits))
+    width = min(14.0, max(7.5, 3.5 + 1.4 * len(splits)))
+    fig, ax = plt.subplots(figsize=(width, 1.6 + 0.75 * len(models)), dpi=REPORT_DPI)
+    _heatmap(fig, ax, grid, texts, "balanced accuracy (0-1)")
+    ax.set_xticks(range(len(splits)), splits, rotation=30 if len(splits) > 6 else 0,
+                  ha="right" if len(splits) > 6 else "center")
+    ax.set_yticks(range(len(models)), models)
+    ax.set_xlabel("test split")
+    ax.set_ylabel("model")
+    ax.set_title(title or "Cross-site evaluation", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 

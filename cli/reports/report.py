@@ -19,10 +19,13 @@ from typing import Any, Callable
 from fgssl.metrics import below_majority
 from fgssl.rundir import METRICS, RunDir, RunFileError, SavedRun
 
+from server.cross_site import CSV_FILE, MEAN, cell_text, display_rows, model_label
+
 from cli.errors import UserError
 from cli.reports.run_files import is_finite_number
 
 PLOTS_DIR = "plots"
+CROSS_SITE_PLOT = "Cross-site evaluation"
 METRIC_COLUMNS = [  # (record key, column title)
     ("num_examples", "test images"),
     ("accuracy", "accuracy"),
@@ -221,6 +224,10 @@ def make_plots(run: Run) -> tuple[list[Plot], list[str]]:
     else:
         skipped.append(f"jigsaw views: {made_or_why}")
 
+    cross = run.summary.get("cross_site") if run.summary else None
+    if cross:
+        made.append(_cross_site_plot(cross, out_dir))
+
     final, rnd = run.final_metrics()
     cm = final.get("pooled", {}).get("confusion_matrix")
     if isinstance(cm, list) and cm:
@@ -232,6 +239,22 @@ def make_plots(run: Run) -> tuple[list[Plot], list[str]]:
     else:
         skipped.append("confusion matrix: no pooled confusion matrix in the metrics")
     return made, skipped
+
+
+def _cross_site_plot(table: dict[str, Any], out_dir: Path) -> Plot:
+    from cli.reports import plots as P
+
+    splits = table["sites"] + [MEAN]
+    values = [[float(c["balanced_accuracy"]) if is_finite_number((c := table["cells"][m][s]).get("balanced_accuracy"))
+               else float("nan") for s in splits] for m in table["models"]]
+    texts = [[cell_text(table["cells"][m][s], len(table["sites"]), width=12).replace(" / ", "\n") for s in splits]
+             for m in table["models"]]
+    path = P.save_cross_site(out_dir / "cross_site.png", values, texts, [model_label(table, m) for m in table["models"]],
+                             [f"site {s}" for s in table["sites"]] + ["mean over sites"],
+                             title=f"Cross-site evaluation (global model of round {table['model_round']}):\n"
+                                   "balanced accuracy of each model on each site's test split")
+    return Plot(CROSS_SITE_PLOT, path, "Colour: balanced accuracy (grey: no number). In each cell balanced accuracy "
+                                       "above accuracy; ▼: accuracy under the site's majority-class rate.")
 
 
 def _jigsaw_plot(run: Run, out_dir: Path) -> Plot | str:
@@ -429,6 +452,22 @@ def _dropped_blocks(run: Run) -> list[Block]:
     return [("p", f"{len(rows)} update(s) were not aggregated:"), ("table", ["round", "site", "status", "reason"], rows)]
 
 
+def _cross_site_blocks(run: Run, plots: list[Plot]) -> list[Block]:
+    table = run.summary.get("cross_site") if run.summary else None
+    blocks: list[Block] = [("h2", "Cross-site evaluation")]
+    if not table:
+        return blocks + [("p", "The cross-site evaluation follows the last round; this run did not get there."
+                               if not run.finished else "This run has no cross-site evaluation "
+                                                        "(federation.cross_site: false, or a run from before it).")]
+    columns, rows = display_rows(table, width=200)
+    blocks += [("p", f"Every model evaluated by every site on its own test split, as NVFlare's cross-site validation "
+                     f"shows it: the global model is the kept one (model.safetensors, round {table['model_round']}). "
+                     f"Each cell holds balanced accuracy / accuracy (▼: accuracy under the site's majority-class rate, "
+                     f"the last row); the mean over sites is unweighted. Every number is in {CSV_FILE}."),
+               ("p", str(table.get("note", ""))), ("table", columns, rows)]
+    return blocks + [("img", p) for p in plots if p.title == CROSS_SITE_PLOT]
+
+
 def build_blocks(run: Run, plots: list[Plot], skipped: list[str]) -> list[Block]:
     final, rnd = run.final_metrics()
     blocks: list[Block] = [("h1", f"Run report: {run.path.name}")]
@@ -448,11 +487,13 @@ def build_blocks(run: Run, plots: list[Plot], skipped: list[str]) -> list[Block]
         blocks.append(_metrics_table(run, final))
     else:
         blocks.append(("p", "No evaluated round: no test metrics yet."))
+    blocks += _cross_site_blocks(run, plots)
     blocks += [("h2", "Privacy")] + _privacy_blocks(run)
     blocks += [("h2", "Dropped updates")] + _dropped_blocks(run)
     blocks.append(("h2", "Plots"))
     for plot in plots:
-        blocks += [("h3", plot.title), ("p", plot.caption), ("img", plot)]
+        if plot.title != CROSS_SITE_PLOT:  # shown in its own section
+            blocks += [("h3", plot.title), ("p", plot.caption), ("img", plot)]
     if skipped:
         blocks.append(("p", "Not drawn: " + "; ".join(skipped) + "."))
     return blocks
