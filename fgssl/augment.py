@@ -8,12 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .data.images import MEAN, STD
+
 
 def random_view(x: Tensor, generator: torch.Generator | None = None, min_scale: float = 0.75,
-                max_shift: float = 0.1, jitter: float = 0.2) -> Tensor:
-    """A random rotation/flip/zoom/shift and brightness/contrast change of every image in x (B,C,H,W float).
+                max_shift: float = 0.1, jitter: float = 0.2, colour: float = 0.0) -> Tensor:
+    """A random rotation/flip/zoom/shift and brightness/contrast change of every image in x (B,C,H,W float,
+    normalised by fgssl.data.images.to_float); with `colour` > 0 also each channel's intensity times U(1 - colour,
+    1 + colour), drawn per image.
 
-    Lesions have no canonical orientation, so any rotation is a valid view.
+    Lesions have no canonical orientation, so any rotation is a valid view. Hospitals' cameras differ in colour
+    response: without the per-channel gain a model can tell a site by its colour cast, and with label skew between
+    sites the cast becomes a cue for the class.
     """
     b, dev = x.shape[0], x.device
 
@@ -29,6 +35,10 @@ def random_view(x: Tensor, generator: torch.Generator | None = None, min_scale: 
                          torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if colour > 0:  # a gain on the raw intensities, in the normalised space: x' = g·x + (g - 1)·mean/std
+        gain = (1 + (u(b, x.shape[1]) * 2 - 1) * colour).view(b, -1, 1, 1)
+        mean, std = MEAN.to(dev), STD.to(dev)
+        out = out * gain + (gain - 1) * mean / std
     if jitter > 0:
         brightness = ((u(b) * 2 - 1) * jitter).view(b, 1, 1, 1)
         contrast = (1 + (u(b) * 2 - 1) * jitter).view(b, 1, 1, 1)

@@ -118,9 +118,9 @@ class ModelConfig:
     head_norm: Literal["batch", "group"] | None = None
     # 'imagenet': torchvision's stem (stride 4: conv + max-pool); 'small': no max-pool (stride 2), for small images.
     stem: Literal["imagenet", "small"] = "imagenet"
-    # Channels after the stem (torchvision: 64; layer2-4 have 2x, 4x, 8x). Narrower is for quick CPU runs and tests;
-    # ImageNet weights need 64.
-    width: int = 64
+    # Channels after the stem (torchvision: 64; layer2-4 have 2x, 4x, 8x). The default half width keeps the built-in
+    # demo within minutes on 2 CPU cores (docs/RESULTS.md, E3); ImageNet weights and the paper's setting need 64.
+    width: int = 32
     # Jigsaw grid size n (n x n tiles) for the blocks on layer2, layer3, layer4.
     granularities: tuple[int, int, int] = (8, 4, 2)
     # Paper: 512 / 1024 / 512. Smaller defaults keep the CPU demo in minutes; see README.
@@ -175,11 +175,12 @@ OPTIMIZER_DEFAULTS = {"sgd": {"weight_decay": 5e-4, "ssl_lr_scale": 0.02},
 
 @dataclass(frozen=True)
 class OptimConfig:
-    # sgd: the authors' SGD with momentum (with ImageNet weights they use 2e-3 / 2e-4); adamw: AdamW with β1 =
-    # momentum, which learns a from-scratch model in fewer steps (docs/RESULTS.md, E3).
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr_new: float = 0.05
-    lr_backbone: float = 0.05
+    # adamw: AdamW with β1 = momentum, which trains the from-scratch CPU demo to a far better model in the same epochs
+    # (docs/RESULTS.md, E3); sgd: the authors' SGD with momentum (with ImageNet weights they use lr_new 2e-3 and
+    # lr_backbone 2e-4; from scratch this project's SGD runs used 0.02-0.05). A rate means little without its optimiser.
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr_new: float = 0.002
+    lr_backbone: float = 0.002
     momentum: float = 0.9
     # null: the optimiser's usual value (OPTIMIZER_DEFAULTS).
     weight_decay: float | None = None
@@ -221,6 +222,10 @@ class TrainConfig:
     # the training images); 'none': plain shuffling and loss.
     class_balance: Literal["sampler", "loss", "none"] = "sampler"
     class_weight_power: float = 1.0
+    # Per-channel colour gain of the random views: each channel's intensity times U(1 - c, 1 + c), per image (0 = off).
+    # Sites' cameras differ in colour response (data.site_shift imitates it); the jitter keeps the model from telling
+    # a site, and with label skew a class, by its colour cast.
+    colour_jitter: float = 0.0
     # Scarce labels: fine-tuning keeps this stratified, seeded fraction of each site's training labels (every class
     # keeps at least one); the SSL phase still uses every training image. The run records which were kept.
     label_fraction: float = 1.0
@@ -252,6 +257,7 @@ class TrainConfig:
         _require(self.batch_size >= 2, f"{p}.batch_size", f"must be >= 2, got {self.batch_size}")
         _require(0 < self.label_fraction <= 1, f"{p}.label_fraction",
                  f"must be in (0, 1], got {self.label_fraction}")
+        _require(0 <= self.colour_jitter < 1, f"{p}.colour_jitter", f"must be in [0, 1), got {self.colour_jitter}")
         _require(0 <= self.class_weight_power <= 2, f"{p}.class_weight_power",
                  f"must be in [0, 2], got {self.class_weight_power}")
         for k in ("ssl_epochs", "finetune_epochs"):

@@ -169,11 +169,12 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
             if gpu:
                 x = x.contiguous(memory_format=torch.channels_last)
             if phase == "ssl":
-                losses = ssl_batch(model, random_view(x, generator), random_view(x, generator), cfg, optimizer,
-                                   generator)
+                c = cfg.train.colour_jitter
+                losses = ssl_batch(model, random_view(x, generator, colour=c), random_view(x, generator, colour=c),
+                                   cfg, optimizer, generator)
             else:
-                losses = finetune_batch(model, random_view(x, generator), yb.to(device), cfg, optimizer, generator,
-                                        weights)
+                losses = finetune_batch(model, random_view(x, generator, colour=cfg.train.colour_jitter),
+                                        yb.to(device), cfg, optimizer, generator, weights)
             check_finite(losses, phase, done + 1)
             sums += losses
             done += 1

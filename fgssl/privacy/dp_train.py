@@ -474,6 +474,7 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
     stepper = DPStepper(model, optimizer, dp, phase=phase, expected_batch_size=b_exp, generator=gen,
                         observer=observer)
     done = 0
+    c = cfg.train.colour_jitter
     try:
         while done < total:
             set_learning_rate(optimizer, cfg, progress, done, total)
@@ -485,11 +486,11 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
                 idx, x, y = batch
                 nonempty = x.shape[0] > 0
                 if phase == "ssl":
-                    v1, v2 = (random_view(x, gen), random_view(x, gen)) if nonempty else (x, x)
+                    v1, v2 = (random_view(x, gen, colour=c), random_view(x, gen, colour=c)) if nonempty else (x, x)
                     loss = stepper.ssl_step(step.branch, step.view(v1, gen), v2, lam=lam, variant=variant,
                                             weight=step.weight, indices=idx)
                 else:
-                    view = random_view(x, gen) if nonempty else x
+                    view = random_view(x, gen, colour=c) if nonempty else x
                     loss = stepper.finetune_step(step.branch, step.view(view, gen), y, weight=step.weight,
                                                  indices=idx)
                 losses.append(loss)
