@@ -85,14 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         flops[name] = counter.get_total_flops() / batch
     times = interleaved(steps, repeats)
     rate = {name: batch / median(t) for name, t in times.items()}
-    rows = {name: {"images_s": round(rate[name], 1), "gflop_per_image": round(flops[name] / 1e9, 2),
-                   "tflop_s": round(rate[name] * flops[name] / 1e12, 3)} for name in steps}
+    tflop_s = {name: rate[name] * flops[name] / 1e12 for name in steps}
+    # significant figures, not decimals: a loaded CPU runs at 1e-4 TFLOP/s, which three decimals would call zero
+    rows = {name: {"images_s": float(f"{rate[name]:.3g}"), "gflop_per_image": float(f"{flops[name] / 1e9:.3g}"),
+                   "tflop_s": float(f"{tflop_s[name]:.3g}")} for name in steps}
     print(f"device {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}), {backbone}, "
           f"{size} px, batch {batch}, {amp or torch.float32} forward, channels_last={device.type == 'cuda'}, "
           f"medians of {repeats}")
     for name, r in rows.items():
         print(f"{name:>8}: {r['images_s']:>8} images/s, {r['gflop_per_image']:>6} GFLOP/image, {r['tflop_s']} TFLOP/s")
-    ratio = min(rows[p]["tflop_s"] for p in ("ssl", "finetune")) / rows["plain"]["tflop_s"]
+    ratio = min(tflop_s[p] for p in ("ssl", "finetune")) / tflop_s["plain"]
     return finish("B10", figure, ratio, TARGET, higher_is_better=True, quick=args.quick, backbone=backbone,
                   size=size, batch=batch, precision=str(amp or torch.float32), rows=rows)
 
