@@ -36,11 +36,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fgssl.config import config_from_dict  # noqa: E402
+from fgssl.config import config_from_dict, load_config  # noqa: E402
 from fgssl.jigsaw import jigsaw  # noqa: E402
 from fgssl.model import BRANCHES, CONCAT, build_model  # noqa: E402
 from fgssl.privacy.dp_train import DPSettings, DPStepper, PerSampleGradients, clip_and_sum  # noqa: E402
-from fgssl.train import finetune_batch, make_optimizer, ssl_batch  # noqa: E402
+from fgssl.train import finetune_batch, make_optimizer, ssl_batch, train_mode  # noqa: E402
 
 ALL_MODES = ("hooks", "functorch", "ew", "ghost")
 WORKLOADS = ("finetune", "ssl", "single")
@@ -48,6 +48,8 @@ SIGMA, CLIP = 1.0, 1.0
 
 
 def make_cfg(args):
+    if args.config:  # a recipe's own model, frozen parts, size and batch; random weights time the same
+        return load_config(args.config, ["model.weights=null"])
     return config_from_dict({"data": {"image_size": args.size},
                              "model": {"backbone": args.backbone, "norm": "group",
                                        "granularities": list(args.grid)},
@@ -67,9 +69,10 @@ class FourBranchCE:
 
 def build_step(workload: str, mode: str, base_model, cfg, x, y, dev):
     """A zero-argument function doing one step (or one progressive batch) of `workload` under `mode`."""
-    model = copy.deepcopy(base_model).train()
+    model = copy.deepcopy(base_model)
     phase = "ssl" if workload == "ssl" else "finetune"
-    opt = make_optimizer(model, cfg, phase)
+    opt = make_optimizer(model, cfg, phase)  # freezes train.frozen
+    train_mode(model, cfg)  # frozen parts in eval mode, as the recipe's loops run them
     gen = torch.Generator(device=dev).manual_seed(0)
     v2 = x.flip(-1)
     b = x.shape[0]
@@ -140,8 +143,9 @@ def setup(args):
     cfg = make_cfg(args)
     model = build_model(cfg.model, 7).to(dev)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(dev)
-    y = torch.randint(0, 7, (args.batch,), generator=g).to(dev)
+    size, batch = cfg.data.image_size, cfg.train.batch_size
+    x = torch.randn(batch, 3, size, size, generator=g).to(dev)
+    y = torch.randint(0, 7, (batch,), generator=g).to(dev)
     return dev, cfg, model, x, y
 
 
@@ -192,7 +196,8 @@ def memory_of(args, workload: str, mode: str) -> float:
         return (torch.cuda.max_memory_allocated(dev) - before) / 2**20
     cmd = [sys.executable, __file__, "--child", f"{workload}:{mode}", "--size", str(args.size),
            "--batch", str(args.batch), "--backbone", args.backbone, "--device", args.device,
-           "--threads", str(args.threads), "--grid", *map(str, args.grid)]
+           "--threads", str(args.threads), "--grid", *map(str, args.grid),
+           *(["--config", str(args.config)] if args.config else [])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ))
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
@@ -209,6 +214,8 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--config", type=Path, help="time this recipe's model, frozen parts, image size and batch "
+                    "(e.g. simulations/configs/dp.yaml) instead of --backbone/--size/--batch/--grid")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     # Opacus' hooks fire on module outputs when the input images need no gradient: expected, not worth a warning.
@@ -221,10 +228,15 @@ def main() -> None:
 
     dev, cfg, model, x, y = setup(args)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"device={dev} backbone={args.backbone} (GroupNorm) size={args.size} batch={args.batch} "
+    trained = n_params - sum(p.numel() for part in cfg.train.frozen for p in getattr(model, part).parameters())
+    m = cfg.model
+    print(f"recipe: {args.config or 'command line'}; frozen: {', '.join(cfg.train.frozen) or 'nothing'} "
+          f"({trained / 1e6:.2f}M of the weights train)")
+    print(f"device={dev} backbone={m.backbone} width={m.width} ({m.norm} norm) size={cfg.data.image_size} "
+          f"batch={cfg.train.batch_size} "
           f"threads={torch.get_num_threads()} repeats={args.repeats} σ={SIGMA} C={CLIP} "
-          f"params={n_params / 1e6:.1f}M ({n_params * 4 / 2**20:.0f} MiB; per-sample gradients of all of them: "
-          f"{n_params * 4 * args.batch / 2**20:.0f} MiB)")
+          f"params={n_params / 1e6:.1f}M ({n_params * 4 / 2**20:.0f} MiB; per-sample gradients of the trained ones: "
+          f"{trained * 4 * cfg.train.batch_size / 2**20:.0f} MiB)")
     print("peak MiB = a step's working memory above the steady state (weights, gradients, optimizer state)")
     for workload in args.workloads:
         modes = ["nonprivate"]

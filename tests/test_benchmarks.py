@@ -48,3 +48,23 @@ def test_a_script_that_misses_its_target_exits_non_zero(tmp_path):
     assert finish("B0", "x", 2.0, 1.0) == 1 and finish("B0", "x", 0.5, 1.0) == 0
     assert finish("B0", "x", 2.0, 1.0, quick=True) == 0  # --quick checks the script, not the target
     assert finish("B0", "x", 0.5, 1.0, higher_is_better=True) == 1
+
+
+def test_dp_overhead_times_a_recipe_from_its_config(tmp_path):
+    """benchmarks/dp_overhead.py --config: the DP recipe's own frozen parts, size and batch, both phases, a ratio each."""
+    import yaml
+
+    from .conftest import TINY, merge
+
+    config = tmp_path / "dp.yaml"
+    config.write_text(yaml.safe_dump(merge(TINY, {"train": {"batch_size": 8, "frozen": ["backbone", "blocks"]},
+                                                   "model": {"weights": "absent.safetensors"}})))
+    proc = subprocess.run([sys.executable, "benchmarks/dp_overhead.py", "--config", str(config), "--modes", "hooks",
+                           "--workloads", "finetune", "ssl", "--repeats", "1", "--no-memory", "--threads", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "frozen: backbone, blocks" in proc.stdout and "size=32 batch=8" in proc.stdout, proc.stdout
+    for workload in ("finetune", "ssl"):
+        table = proc.stdout.split(f"\n{workload}:")[1]
+        rows = {line.split()[0]: line.split() for line in table.splitlines()[2:4]}
+        assert rows["nonprivate"][2] == "1.00x" and float(rows["hooks"][2].rstrip("x")) > 0, table
