@@ -112,6 +112,11 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "resnet18"
+    # 'fgssl': hierarchical blocks on layer2/3/4, a concat branch, one jigsaw step per branch (the method). 'plain': the
+    # baseline the method is measured against: layer4 average-pooled into one embedding head and a linear classifier,
+    # one unshuffled step per batch (plain Barlow Twins in the SSL stage, cross-entropy in fine-tuning; granularities
+    # unused).
+    architecture: Literal["fgssl", "plain"] = "fgssl"
     norm: Literal["batch", "group"] = "batch"
     # Norm of the embedding heads (null = norm). 'group' with a frozen BatchNorm backbone and blocks is how DP
     # trains on public features: the frozen BatchNorm is a fixed function in eval mode, the trained part is per-sample.
@@ -583,6 +588,9 @@ class Config:
         min_size = max(self.model.granularities)
         _require(self.data.image_size >= min_size, "data.image_size",
                  f"{self.data.image_size} px is smaller than the largest jigsaw grid ({min_size}x{min_size} tiles)")
+        _require(self.model.architecture == "fgssl" or self.privacy.mode != "sample", "model.architecture",
+                 "'plain' is a non-private baseline: the DP loop and its accounting are written for the four "
+                 "progressive steps of 'fgssl'")
         if self.privacy.mode == "sample":
             m = self.model
             frozen_batch_norm = {"backbone", "blocks"} <= set(self.train.frozen) and m.head_norm == "group"

@@ -3,6 +3,8 @@
 Parameter names are grouped by prefix, which the federation relies on to decide what a phase trains and what stays
 local: `backbone.*` (the ResNet), `blocks.{0,1,2}.*` (hierarchical conv blocks), `heads.{0..3}.*` (embedding
 heads; 3 = concat), `classifiers.{0..3}.*`. No in-place activations or residual adds, so Opacus' hooks work.
+`model.architecture: plain` is the baseline without blocks: `heads.0` on layer4's average-pooled features and
+`classifiers.0`, branch PLAIN only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .config import ModelConfig
 
 BRANCHES = (0, 1, 2, 3)  # 0..2: blocks on layer2..layer4; 3: the concat branch
 CONCAT = 3
+PLAIN = 0  # the one branch of model.architecture 'plain'
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
@@ -160,8 +163,8 @@ class Outputs:
     logits: dict[int, Tensor]
 
     def combined_logits(self) -> Tensor:
-        """Inference rule of PMG/FG-SSL: the sum of the four branches' logits."""
-        return torch.stack([self.logits[b] for b in BRANCHES]).sum(0)
+        """Inference rule of PMG/FG-SSL: the sum of the branches' logits (four; one for the plain baseline)."""
+        return torch.stack(list(self.logits.values())).sum(0)
 
 
 class FGSSLNet(nn.Module):
@@ -175,15 +178,17 @@ class FGSSLNet(nn.Module):
             backbone.maxpool = nn.Identity()
         self.backbone = backbone
         widths = [k * cfg.width * block.expansion for k in (2, 4, 8)]
-        self.blocks = nn.ModuleList(
+        self.plain = cfg.architecture == "plain"
+        self.branches = (PLAIN,) if self.plain else BRANCHES
+        self.blocks = nn.ModuleList() if self.plain else nn.ModuleList(
             HierarchicalBlock(w, cfg.block_mid_channels, cfg.block_out_channels, norm) for w in widths)
-        head_inputs = [cfg.block_out_channels] * 3 + [3 * cfg.block_out_channels]
+        head_inputs = [widths[2]] if self.plain else [cfg.block_out_channels] * 3 + [3 * cfg.block_out_channels]
         # On vectors, GroupNorm with few channels per group throws the values away (a group of two normalises to
         # ±1): the heads normalise each vector as one group (layer-norm style, still per sample).
         head_norm = cfg.head_norm or cfg.norm
         vector_norm = norm_factory("group", 1) if head_norm == "group" else norm_factory("batch", cfg.groups)
         self.heads = nn.ModuleList(EmbeddingHead(c, cfg.embed_dim, vector_norm) for c in head_inputs)
-        self.classifiers = nn.ModuleList(nn.Linear(cfg.embed_dim, num_classes) for _ in BRANCHES)
+        self.classifiers = nn.ModuleList(nn.Linear(cfg.embed_dim, num_classes) for _ in head_inputs)
         self.num_classes = num_classes
 
     def _features(self, x: Tensor, depth: int) -> list[Tensor]:
@@ -197,7 +202,14 @@ class FGSSLNet(nn.Module):
             feats.append(x)
         return feats
 
-    def forward(self, x: Tensor, branches: tuple[int, ...] = BRANCHES, with_logits: bool = True) -> Outputs:
+    def forward(self, x: Tensor, branches: tuple[int, ...] | None = None, with_logits: bool = True) -> Outputs:
+        """The embeddings (and logits) of `branches`, by default every branch of this architecture."""
+        branches = self.branches if branches is None else branches
+        if self.plain:
+            if tuple(branches) != (PLAIN,):
+                raise ValueError(f"the plain architecture has one branch ({PLAIN}), asked for {branches}")
+            emb = self.heads[0](self._features(x, 3)[-1].mean(dim=(2, 3)))
+            return Outputs({PLAIN: emb}, {PLAIN: self.classifiers[0](emb)} if with_logits else {})
         need = max(2 if b == CONCAT else b for b in branches) + 1
         feats = self._features(x, need)
         vectors = {i: self.blocks[i](f) for i, f in enumerate(feats) if i in branches or CONCAT in branches}

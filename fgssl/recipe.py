@@ -15,10 +15,10 @@ from torch.optim import Optimizer
 
 from .config import Config
 from .jigsaw import jigsaw
-from .model import BRANCHES, CONCAT
+from .model import BRANCHES, CONCAT, PLAIN
 
 LOSS_NAMES = ("loss_block1", "loss_block2", "loss_block3", "loss_concat")
-STEPS_PER_BATCH = len(BRANCHES)
+STEPS_PER_BATCH = len(BRANCHES)  # of the method; the DP loop and its accounting know only this one
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,17 @@ class Step:
 
 
 def progressive_steps(cfg: Config) -> tuple[Step, ...]:
-    """The steps of one batch, in order: the jigsaw branches, then the concat branch."""
+    """The steps of one batch, in order: the jigsaw branches, then the concat branch (the plain baseline: one
+    unshuffled step)."""
+    if cfg.model.architecture == "plain":
+        return (Step(PLAIN, None, 1.0),)
     steps = [Step(b, n, 1.0) for b, n in enumerate(cfg.model.granularities)]
     return (*steps, Step(CONCAT, None, cfg.loss.concat_weight))
+
+
+def loss_names(cfg: Config) -> tuple[str, ...]:
+    """The names of a batch's step losses, in step order."""
+    return ("loss_plain",) if cfg.model.architecture == "plain" else LOSS_NAMES
 
 
 def lr_factor(progress: float, schedule: str) -> float:

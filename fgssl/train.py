@@ -22,7 +22,7 @@ from .losses import barlow_twins_loss
 from .metrics import classification_metrics
 from .model import FGSSLNet
 from .phases import trained_prefixes
-from .recipe import LOSS_NAMES, STEPS_PER_BATCH, check_finite, planned_batches, progressive_steps, set_learning_rate
+from .recipe import check_finite, loss_names, planned_batches, progressive_steps, set_learning_rate
 
 BatchCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -154,7 +154,8 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
     weights = None
     if phase == "finetune" and cfg.train.class_balance == "loss":
         weights = class_weights(data.labels, data.num_classes, cfg.train.class_weight_power).to(device)
-    sums = np.zeros(4)
+    names = loss_names(cfg)
+    sums = np.zeros(len(names))
     done = 0
     while done < total:
         balanced = phase == "finetune" and cfg.train.class_balance == "sampler"
@@ -179,11 +180,11 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
             sums += losses
             done += 1
             if on_batch is not None:
-                on_batch(done, total, dict(zip(LOSS_NAMES, losses)))
+                on_batch(done, total, dict(zip(names, losses)))
     means = sums / max(done, 1)
-    result = {k: float(v) for k, v in zip(LOSS_NAMES, means)}
+    result = {k: float(v) for k, v in zip(names, means)}
     result["loss"] = float(means.sum())
-    return LocalResult(phase, done, done * STEPS_PER_BATCH, len(data), result)
+    return LocalResult(phase, done, done * len(names), len(data), result)
 
 
 @torch.no_grad()

@@ -326,3 +326,36 @@ def test_the_optimizer_and_its_usual_decay_and_ssl_rate(name, kind, decay, ssl_s
     assert sum(last) < sum(first)
     with pytest.raises(ConfigError, match="optim.optimizer"):
         small_cfg(optim__optimizer="lamb")
+
+
+def test_the_plain_baseline_is_a_pooled_layer4_head_trained_one_unshuffled_step_a_batch():
+    from fgssl.model import PLAIN
+
+    torch.manual_seed(0)
+    cfg = small_cfg(model__architecture="plain", model__norm="group", train__batch_size=8)
+    model = build_model(cfg.model, 3)
+    names = {k.split(".")[0] for k in model.state_dict()}
+    assert names == {"backbone", "heads", "classifiers"} and len(model.heads) == len(model.classifiers) == 1
+    x, y = _fixed_batch()
+    out = model(x)
+    assert list(out.logits) == [PLAIN] and out.combined_logits().shape == (16, 3)
+    pooled = model.backbone.layer4(model.backbone.layer3(model._features(x, 1)[0])).mean(dim=(2, 3))
+    torch.testing.assert_close(out.logits[PLAIN], model.classifiers[0](model.heads[0](pooled)))
+    with pytest.raises(ValueError, match="one branch"):
+        model(x, (CONCAT,))
+
+    data = ImageSet(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), torch.arange(16) % 3, ("a", "b", "c"))
+    gen = torch.Generator().manual_seed(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ssl = train_local(model, data, "ssl", cfg, max_batches=2, generator=gen)
+    assert ssl.optimizer_steps == 2 and set(ssl.losses) == {"loss_plain", "loss"}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k.startswith("classifiers."))
+    ft = train_local(model, data, "finetune", cfg, max_batches=2, generator=gen)
+    assert ft.optimizer_steps == 2 and ft.losses["loss"] == ft.losses["loss_plain"]
+    assert evaluate(model, data)["num_examples"] == 16
+
+
+def test_the_plain_baseline_refuses_sample_level_dp():
+    with pytest.raises(ConfigError, match="model.architecture"):
+        config_from_dict({"model": {"architecture": "plain", "norm": "group"}, "privacy": {"mode": "sample",
+                                                                                         "noise_multiplier": 1.0}})
