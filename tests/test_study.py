@@ -1,6 +1,7 @@
 """`fgssl study`: arms × seeds of real train/simulate runs, resumable, with a results table and plot."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -47,6 +48,23 @@ def test_study_runs_every_arm_and_seed_then_skips_what_is_finished(tmp_path):
     third = run_cli("study", _experiment(tmp_path, arms), "--out", str(out), "--seeds", "1")
     assert third.stdout.count("running fgssl") == 1 and "moved to" in third.stdout
     assert len(list((out / "stale").iterdir())) == 1
+
+
+def test_the_tables_written_after_each_run_cover_the_whole_file(tmp_path, monkeypatch):
+    """A study of one arm, stopped after its run, leaves tables that still count what other invocations finished."""
+    from cli.experiments import study
+
+    arms = {"a": {"command": "train", "set": TINY_TRAIN}, "b": {"command": "train", "set": TINY_TRAIN}}
+    exp_path, out = _experiment(tmp_path, arms), tmp_path / "study"
+    run_cli("study", exp_path, "--out", str(out), "--arms", "a", "--seeds", "0")
+    exp = read_experiment(tmp_path / "exp.yaml")
+    every = plan(exp)
+    monkeypatch.setattr(study, "execute", lambda *a, **k: (False, "stopped here"))
+    errors = study.run_study(exp, [r for r in every if r.name == "b-seed0"], out, lambda _: None, every)
+    assert errors == {"b-seed0": "stopped here"}
+    rows = {r.split(",")[0] + r.split(",")[2]: r for r in (out / "runs.csv").read_text().splitlines()[1:]}
+    assert ",finished," in rows["a0"] and ",failed," in rows["b0"] and ",not run," in rows["a1"], rows
+    assert re.search(r"\| a( ▼)? \| train \| 1 \|", (out / "results.md").read_text())
 
 
 def test_study_refuses_a_bad_experiment_before_running_anything(tmp_path):

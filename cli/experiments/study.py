@@ -321,8 +321,10 @@ def write_results(out: Path, exp: Experiment, runs: list[Run], errors: dict[str,
     return paths
 
 
-def run_study(exp: Experiment, runs: list[Run], out: Path, say: Callable[[str], None]) -> dict[str, str]:
-    """Run what is not finished yet, in order; returns {run name: error} for the runs that failed."""
+def run_study(exp: Experiment, runs: list[Run], out: Path, say: Callable[[str], None],
+              table: list[Run] | None = None) -> dict[str, str]:
+    """Run what is not finished yet, in order; returns {run name: error} for the runs that failed. After every run
+    the tables are rewritten over `table` (default: `runs`), so that a study stopped midway leaves them whole."""
     errors: dict[str, str] = {}
     (out / "configs").mkdir(parents=True, exist_ok=True)
     for i, r in enumerate(runs, 1):
@@ -347,7 +349,7 @@ def run_study(exp: Experiment, runs: list[Run], out: Path, say: Callable[[str], 
             row = read_run(r, run_dir)
             say(f"{tag}: balanced accuracy {row.get('balanced_accuracy') or float('nan'):.3f}, accuracy "
                 f"{row.get('accuracy') or float('nan'):.3f} (majority {row.get('majority_rate') or float('nan'):.3f})")
-        write_results(out, exp, runs, errors)  # after every run: the tables are never behind by more than one
+        write_results(out, exp, table or runs, errors)  # after every run: never behind by more than one
     return errors
 
 
@@ -371,10 +373,10 @@ def run_experiment(args: argparse.Namespace) -> int:
     arms = len({r.arm.name for r in runs})
     out_channel.emit("start", f"fgssl study {exp.name}: {len(runs)} runs ({arms} arms × "
                      f"{len(runs) // max(arms, 1)} seeds) in {out}", result=True)
-    errors = run_study(exp, runs, out, out_channel.say)
     # the table covers the whole file (what other invocations finished too), named seeds that it lacks included
-    extra = [r for r in runs if r.name not in {e.name for e in every}]
-    paths = write_results(out, exp, every + extra, errors)
+    table = every + [r for r in runs if r.name not in {e.name for e in every}]
+    errors = run_study(exp, runs, out, out_channel.say, table)
+    paths = write_results(out, exp, table, errors)
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"fgssl study: results in {paths['markdown']}, {paths['results']}, {paths['runs']}"
           + (f", {paths['plot']}" if "plot" in paths else ""))
