@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fgssl.metrics import below_majority
+from fgssl.metrics import below_majority, constant_answer
 
 from cli.common import format_table, open_run_dir, resolve_config, seed_everything
 from cli.progress import Output
@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if below_majority(test):
         print(f"warning: test accuracy {test['accuracy']:.3f} is below the majority-class rate "
               f"{test['majority_rate']:.3f}: always answering the most frequent class would score higher")
+    elif constant_answer(test):
+        print("warning: the model gives every test image the same class: it is the majority-class baseline, not a "
+              "classifier")
     print(f"fgssl train: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
           f"(summary.json, metrics.jsonl, model.safetensors + model.json)")
     return 0

@@ -216,6 +216,12 @@ def below_majority(metrics: dict[str, Any]) -> bool:
     return acc is not None and rate is not None and acc < rate - 1e-12
 
 
+def constant_answer(metrics: dict[str, Any]) -> bool:
+    """True for a model that gives every image of the set the same class: always answering the majority class
+    scores exactly the majority rate, so `below_majority` alone lets it pass."""
+    return metrics.get("predicted_classes") == 1
+
+
 # A model's honest headline on one split (DESIGN §7): accuracy beside balanced accuracy and the majority-class rate,
 # and how many images they are over. What a cross-site evaluation reports per (model, site's test split).
 HEADLINE_METRICS = ("num_examples", "accuracy", "balanced_accuracy", "majority_rate")
@@ -279,6 +285,8 @@ def classification_metrics(
         "macro_f1": macro_f1(t, pred, k),
         "macro_auc": macro_auc_ovr(t, s, k),
         "quadratic_weighted_kappa": quadratic_weighted_kappa(t, pred, k),
+        # How many classes the model answers at all on this set; 1 is a constant answer (see constant_answer).
+        "predicted_classes": int(np.unique(pred).size),
         "per_class_recall": dict(zip(names, per_class_recall(t, pred, k))),
         "confusion_matrix": [[int(v) for v in row] for row in cm],
     }

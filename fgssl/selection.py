@@ -1,8 +1,9 @@
 """Model selection on validation data: which epoch's or round's weights a run keeps as its model.
 
-The test split never chooses. A model less accurate than always answering the majority class is only chosen when
-no candidate beats that baseline (`train.select_above_majority`): balanced accuracy alone would happily keep a
-model that calls most naevi melanoma.
+The test split never chooses. A model less accurate than always answering the majority class, or one that is that
+baseline (the same class for every image), is only chosen when no candidate beats it (`train.select_above_majority`):
+balanced accuracy alone would happily keep a model that calls most naevi melanoma, and accuracy alone one that calls
+everything a naevus.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .metrics import below_majority
+from .metrics import below_majority, constant_answer
 
 @dataclass
 class Selection:
@@ -23,7 +24,8 @@ class Selection:
 
     def _key(self, val: dict[str, Any]) -> tuple[bool, float]:
         score = val.get(self.metric)
-        return (not (self.above_majority and below_majority(val)), float("-inf") if score is None else score)
+        beaten = below_majority(val) or constant_answer(val)
+        return (not (self.above_majority and beaten), float("-inf") if score is None else score)
 
     def offer(self, step: int, val: dict[str, Any], state: Callable[[], Any]) -> bool:
         """Consider the weights after `step` with validation metrics `val`; `state()` copies them if they win."""
@@ -40,7 +42,8 @@ class Selection:
         if self.metric == "last":
             return f"the last {unit} ({self.best_step})"
         guard = "" if not self.above_majority else " among those above the majority-class rate"
-        if self.above_majority and self.best_val is not None and below_majority(self.best_val):
+        if self.above_majority and self.best_val is not None and (below_majority(self.best_val)
+                                                                   or constant_answer(self.best_val)):
             guard = " (none beat the majority-class rate)"
         return (f"{unit} {self.best_step}: best validation {self.metric} "
                 f"{self.best_val.get(self.metric, float('nan')):.3f}{guard}")

@@ -45,7 +45,7 @@ Say = Callable[[str], None]
 # {round, total, phase, seconds, train: {site: record}, evals: {site or "pooled": metrics}, text}.
 RoundHook = Callable[[dict[str, Any]], None]
 SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_weighted_kappa", "loss",
-                  "majority_rate")
+                  "majority_rate", "predicted_classes")
 
 
 def initial_model(cfg: Config, num_classes: int) -> FGSSLNet:

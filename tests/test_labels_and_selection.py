@@ -147,6 +147,13 @@ def test_selection_prefers_a_model_above_the_majority_rate():
     plain = Selection("balanced_accuracy", above_majority=False)
     plain.offer(1, sound, lambda: "w1")
     assert plain.offer(2, degenerate, lambda: "w2") and plain.best_step == 2
+    # always "the majority class": accuracy equals the majority rate, so only its constant answer gives it away
+    constant = {"balanced_accuracy": 1 / 7, "accuracy": 0.66, "majority_rate": 0.66, "predicted_classes": 1}
+    weak = {"balanced_accuracy": 0.50, "accuracy": 0.57, "majority_rate": 0.66, "predicted_classes": 7}
+    guarded = Selection("balanced_accuracy", above_majority=True)
+    assert guarded.offer(1, constant, lambda: "w1") and guarded.offer(2, weak, lambda: "w2")
+    assert guarded.best_step == 2 and "none beat the majority-class rate" in guarded.describe("epoch")
+    assert not guarded.offer(3, constant, lambda: "w3") and guarded.best_step == 2
     last = Selection("last")
     for step in (1, 2, 3):
         last.offer(step, sound, lambda: step)

@@ -12,6 +12,7 @@ from fgssl.metrics import (
     balanced_accuracy,
     below_majority,
     classification_metrics,
+    constant_answer,
     confusion_matrix,
     macro_auc_ovr,
     macro_f1,
@@ -287,6 +288,7 @@ def test_classification_metrics_report() -> None:
         "per_class_recall",
         "confusion_matrix",
         "majority_rate",
+        "predicted_classes",
     }
     assert _all_plain(report)
     # argmax per row: [0, 1, 1, 0, 2, 2] vs y [0, 0, 1, 1, 2, 2] -> rows 0, 2, 4, 5 right.
@@ -309,6 +311,9 @@ def test_a_model_that_sacrifices_the_majority_class_is_flagged() -> None:
     assert below_majority(report)
     constant = classification_metrics(y, np.eye(3)[[0] * 10], ["nv", "mel", "bcc"])
     assert constant["accuracy"] == pytest.approx(0.8) and not below_majority(constant)
+    # ... which is why the constant answer has a flag of its own
+    assert constant["predicted_classes"] == 1 and constant_answer(constant)
+    assert report["predicted_classes"] == 3 and not constant_answer(report)
 
 
 def test_classification_metrics_undefined_values_are_none() -> None:
