@@ -244,7 +244,8 @@ class TrainConfig:
     only_site: int | None = None
     # Which weights become model.safetensors: the best epoch (train) or round (simulate) by this validation
     # metric, or 'last'; the last weights are kept as model_last.safetensors either way. With
-    # select_above_majority, a candidate less accurate than "always the majority class" only wins if all are.
+    # select_above_majority, a candidate less accurate than "always the majority class", or that is it (one class
+    # for every image), only wins if all are.
     select_metric: Literal["balanced_accuracy", "accuracy", "macro_f1", "last"] = "balanced_accuracy"
     select_above_majority: bool = True
     device: str = "auto"
