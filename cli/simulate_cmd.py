@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fgssl.config import ConfigError, load_config
-from fgssl.metrics import below_majority, constant_answer
+from fgssl.metrics import baseline_warning
 from fgssl.rundir import CONFIG, RunDir
 from simulations import DEFAULT_CONFIG
 
@@ -83,13 +83,8 @@ def run(args: argparse.Namespace) -> int:
         columns = [c for c in TABLE if c != "epsilon" or any("epsilon" in r for r in rows)]
         print(format_table(rows, columns))
         for r in rows:
-            where = 'pooled' if r['site'] == 'pooled' else 'site ' + r['site']
-            if below_majority(r):
-                print(f"warning: {where} test accuracy {r['accuracy']:.3f} is below its majority-class rate "
-                      f"{r['majority_rate']:.3f}")
-            elif constant_answer(r):
-                print(f"warning: the model gives every {where} test image the same class (the majority-class "
-                      "baseline)")
+            if warning := baseline_warning(r, f"{'pooled' if r['site'] == 'pooled' else 'site ' + r['site']} test"):
+                print(warning)
     if summary.get("cross_site"):
         out.emit("cross_site", cross_site_text(summary["cross_site"]), result=True, **summary["cross_site"])
     if any(m.get("kept_at_site") for m in final.values()):

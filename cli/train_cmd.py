@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fgssl.metrics import below_majority, constant_answer
+from fgssl.metrics import baseline_warning
 
 from cli.common import format_table, open_run_dir, resolve_config, seed_everything
 from cli.progress import Output
@@ -36,12 +36,8 @@ def run(args: argparse.Namespace) -> int:
     rows += [{"split": f"site {s} test", **m} for s, m in summary.get("site_tests", {}).items()]
     print(format_table(rows, ["split", "num_examples", "accuracy", "majority_rate", "balanced_accuracy", "macro_f1",
                               "macro_auc"]))
-    if below_majority(test):
-        print(f"warning: test accuracy {test['accuracy']:.3f} is below the majority-class rate "
-              f"{test['majority_rate']:.3f}: always answering the most frequent class would score higher")
-    elif constant_answer(test):
-        print("warning: the model gives every test image the same class: it is the majority-class baseline, not a "
-              "classifier")
+    if warning := baseline_warning(test, "test"):
+        print(warning)
     print(f"fgssl train: done in {summary['elapsed_s']:.0f} s; results in {run_dir.path} "
           f"(summary.json, metrics.jsonl, model.safetensors + model.json)")
     return 0

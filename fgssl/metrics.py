@@ -222,6 +222,16 @@ def constant_answer(metrics: dict[str, Any]) -> bool:
     return metrics.get("predicted_classes") == 1
 
 
+def baseline_warning(metrics: dict[str, Any], what: str) -> str | None:
+    """The warning a run prints when `what` (e.g. "pooled test") shows no better than the majority-class baseline."""
+    if below_majority(metrics):
+        return (f"warning: {what} accuracy {metrics['accuracy']:.3f} is below its majority-class rate "
+                f"{metrics['majority_rate']:.3f}: always answering the most frequent class would score higher")
+    if constant_answer(metrics):
+        return f"warning: the model gives every {what} image the same class: it is the majority-class baseline"
+    return None
+
+
 # A model's honest headline on one split (DESIGN §7): accuracy beside balanced accuracy and the majority-class rate,
 # and how many images they are over. What a cross-site evaluation reports per (model, site's test split).
 HEADLINE_METRICS = ("num_examples", "accuracy", "balanced_accuracy", "majority_rate")

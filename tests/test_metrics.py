@@ -10,6 +10,7 @@ import pytest
 from fgssl.metrics import (
     accuracy,
     balanced_accuracy,
+    baseline_warning,
     below_majority,
     classification_metrics,
     constant_answer,
@@ -407,3 +408,14 @@ def test_rejects_bad_class_names() -> None:
         classification_metrics(y, scores, ["a", 1])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="not a single string"):
         classification_metrics(y, scores, "ab")
+
+
+def test_the_baseline_warning_names_what_it_warns_about() -> None:
+    y = np.array([0] * 8 + [1, 2])
+    sacrificing = classification_metrics(y, np.eye(3)[[1] * 6 + [0, 0, 1, 2]], ["nv", "mel", "bcc"])
+    constant = classification_metrics(y, np.eye(3)[[0] * 10], ["nv", "mel", "bcc"])
+    sound = classification_metrics(y, np.eye(3)[[0] * 8 + [1, 2]], ["nv", "mel", "bcc"])
+    assert "pooled test accuracy 0.400 is below its majority-class rate 0.800" in baseline_warning(sacrificing,
+                                                                                                   "pooled test")
+    assert "every site 1 test image the same class" in baseline_warning(constant, "site 1 test")
+    assert baseline_warning(sound, "test") is None
