@@ -222,6 +222,11 @@ def constant_answer(metrics: dict[str, Any]) -> bool:
     return metrics.get("predicted_classes") == 1
 
 
+def no_better_than_majority(metrics: dict[str, Any]) -> bool:
+    """Less accurate than always answering the majority class, or that very answer."""
+    return below_majority(metrics) or constant_answer(metrics)
+
+
 def baseline_warning(metrics: dict[str, Any], what: str) -> str | None:
     """The warning a run prints when `what` (e.g. "pooled test") shows no better than the majority-class baseline."""
     if below_majority(metrics):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .metrics import below_majority, constant_answer
+from .metrics import below_majority, no_better_than_majority
 
 @dataclass
 class Selection:
@@ -24,8 +24,7 @@ class Selection:
 
     def _key(self, val: dict[str, Any]) -> tuple[bool, float]:
         score = val.get(self.metric)
-        beaten = below_majority(val) or constant_answer(val)
-        return (not (self.above_majority and beaten), float("-inf") if score is None else score)
+        return (not (self.above_majority and no_better_than_majority(val)), float("-inf") if score is None else score)
 
     def offer(self, step: int, val: dict[str, Any], state: Callable[[], Any]) -> bool:
         """Consider the weights after `step` with validation metrics `val`; `state()` copies them if they win."""
@@ -42,8 +41,7 @@ class Selection:
         if self.metric == "last":
             return f"the last {unit} ({self.best_step})"
         guard = "" if not self.above_majority else " among those above the majority-class rate"
-        if self.above_majority and self.best_val is not None and (below_majority(self.best_val)
-                                                                   or constant_answer(self.best_val)):
+        if self.above_majority and self.best_val is not None and no_better_than_majority(self.best_val):
             guard = " (none beat the majority-class rate)"
         return (f"{unit} {self.best_step}: best validation {self.metric} "
                 f"{self.best_val.get(self.metric, float('nan')):.3f}{guard}")
