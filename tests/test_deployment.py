@@ -273,6 +273,43 @@ def test_a_restart_refused_after_a_crash_says_why_not_that_the_key_is_unknown(tm
     assert "is not registered" in _explain(site, "10.0.0.2:9092", args, tmp_path / "clientapp.log")
 
 
+def test_a_restarted_node_waits_for_its_crashed_supernode_to_lapse_then_gives_up(tmp_path, monkeypatch, capsys):
+    """`fgssl node` tries again while the SuperLink still counts the site's crashed SuperNode as online, and stops
+    trying once that one's heartbeat must have lapsed (then another SuperNode with the key is the cause). The real
+    refusal and retry run in the crash campaign's quick trial (tests/test_crash_campaign.py)."""
+    import argparse
+
+    from cli.deploy import supernodes
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(supernodes.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(supernodes.time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
+    calls = []
+
+    def refused_until(lapse_s):
+        def run_sites(args, sites, state, wait_for_stale=False):
+            calls.append((clock["now"], wait_for_stale))
+            if clock["now"] - 1000.0 < lapse_s:
+                if wait_for_stale:
+                    raise supernodes.StillOnline("the SuperLink at x did not accept this node yet")
+                return 1
+            return 0
+        return run_sites
+
+    args = argparse.Namespace(state_dir=str(tmp_path), site=0, key=str(tmp_path / "node.key"), port=None,
+                              verbose=False)
+    monkeypatch.setattr(supernodes, "run_sites", refused_until(40))
+    assert supernodes.run_node(args) == 0
+    assert [t - 1000.0 for t, _ in calls] == [0, 15, 30, 45] and all(w for _, w in calls)
+    assert capsys.readouterr().out.count("trying again in 15 s") == 3
+    calls.clear()
+    clock["now"] = 1000.0
+    monkeypatch.setattr(supernodes, "run_sites", refused_until(10_000))  # never lapses: another node holds the key
+    assert supernodes.run_node(args) == 1
+    last = supernodes.STALE_NODE_S + supernodes.STALE_RETRY_S
+    assert calls[-1] == (1000.0 + 60, False) and all(t - 1000.0 < last for t, _ in calls)
+
+
 @pytest.mark.slow
 def test_private_keys_are_private_and_never_logged(federation):
     f = federation

@@ -114,10 +114,10 @@ def _explain(site: Site, superlink: str, args: argparse.Namespace, launcher_log:
     if "auth" in reasons:
         earlier = _earlier_connection(site, superlink)
         if earlier:
-            return (f"the SuperLink at {superlink} did not accept this node: this site's previous SuperNode (Flower "
-                    f"node {earlier['node_id']}, connected {earlier['connected_at']}) stopped without signing off, "
-                    f"and the SuperLink counts it as online until its heartbeat lapses (up to {STALE_NODE_S} s in "
-                    "Flower 1.42); run the same command again after that")
+            return (f"the SuperLink at {superlink} did not accept this node: {_still_online(earlier)}; `fgssl node` "
+                    f"tries again for up to {STALE_NODE_S + STALE_RETRY_S:g} s after its start, so if it still "
+                    "stops here, another SuperNode with this site's key is running: stop it, then run the same "
+                    "command again")
         return (f"the SuperLink at {superlink} refused this node's key: its public key (node.pub next to {site.key}) "
                 "is not registered with this federation; ask the coordinator to register it")
     wait = f"{args.max_wait_time:g} s" if args.max_wait_time else "retries"
@@ -133,7 +133,14 @@ def _explain(site: Site, superlink: str, args: argparse.Namespace, launcher_log:
 
 
 STALE_NODE_S = 60  # Flower 1.42's SuperNode heartbeat interval (30 s) × the SuperLink's patience (2)
+STALE_RETRY_S = 15.0
 CONNECTION_FILE = "connection.json"
+
+
+def _still_online(earlier: dict[str, str]) -> str:
+    return (f"this site's previous SuperNode (Flower node {earlier['node_id']}, connected {earlier['connected_at']}) "
+            f"stopped without signing off, and the SuperLink counts it as online until its heartbeat lapses (up to "
+            f"{STALE_NODE_S} s in Flower 1.42)")
 
 
 def _earlier_connection(site: Site, superlink: str) -> dict[str, str] | None:
@@ -170,8 +177,16 @@ def _supernode(site: Site, args: argparse.Namespace, superlink: str, ca: Path, r
                              args.max_wait_time or None, secret)
 
 
-def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path, command: str = "fgssl node") -> int:
-    """Start a SuperNode per site and one warm ClientApp launcher for all of them; supervise until they end."""
+class StillOnline(Exception):
+    """The SuperLink refused the node because it still counts the site's previous, crashed SuperNode as online."""
+
+
+def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path, command: str = "fgssl node",
+              wait_for_stale: bool = False) -> int:
+    """Start a SuperNode per site and one warm ClientApp launcher for all of them; supervise until they end.
+
+    With `wait_for_stale`, a refusal only because the site's previous SuperNode never signed off raises StillOnline
+    instead of printing an error, so that the caller can try again once that SuperNode's heartbeat has lapsed."""
     say = functools.partial(say_as, command)
     superlink, ca, root = _common_paths(args)
     secret = launcher_dir / "runtime.secret"
@@ -215,6 +230,9 @@ def run_sites(args: argparse.Namespace, sites: list[Site], launcher_dir: Path, c
                 s.code = s.node.returncode
                 if (s.code == 0 or stopping) and s.watch.node_id is not None:  # it signed off
                     (s.state / CONNECTION_FILE).unlink(missing_ok=True)
+    earlier = [_earlier_connection(s, superlink) for s in sites if s.watch.reasons == ["auth"]]
+    if wait_for_stale and len(earlier) == len(sites) and all(earlier):
+        raise StillOnline(f"the SuperLink at {superlink} did not accept this node yet: {_still_online(earlier[0])}")
     failed = 0
     for s in sites:
         w = s.watch
@@ -248,11 +266,19 @@ def _supervise(sites: list[Site], launcher: Child) -> None:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    """`fgssl node`: one site's SuperNode."""
+    """`fgssl node`: one site's SuperNode. Restarted after a crash, it is refused while the SuperLink still counts the
+    dead SuperNode as online (at most STALE_NODE_S after that one's last heartbeat, which was before this start): it
+    tries again every STALE_RETRY_S until then, so an operator or a supervisor only has to start it once."""
     state = Path(args.state_dir).expanduser().resolve()
-    site = Site(args.site, Path(args.key).expanduser().resolve(), state, args.port or free_port(),
-                Watch(verbose=args.verbose))
-    return run_sites(args, [site], state)
+    give_up = time.monotonic() + STALE_NODE_S + STALE_RETRY_S
+    while True:
+        site = Site(args.site, Path(args.key).expanduser().resolve(), state, args.port or free_port(),
+                    Watch(verbose=args.verbose))
+        try:
+            return run_sites(args, [site], state, wait_for_stale=time.monotonic() + STALE_RETRY_S < give_up)
+        except StillOnline as refused:
+            say_as("fgssl node", f"{refused}; trying again in {STALE_RETRY_S:g} s")
+            time.sleep(STALE_RETRY_S)
 
 
 def run_nodes(args: argparse.Namespace) -> int:
