@@ -149,8 +149,9 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
     optimizer = make_optimizer(model, cfg, phase)
     train_mode(model, cfg)
     gpu = device.type == "cuda"
-    if gpu:  # NHWC convolutions are cuDNN's fast path; the values are the same
-        model.to(memory_format=torch.channels_last)
+    # NHWC convolutions are cuDNN's fast path, and oneDNN's on the CPU (a fine-tuning batch of the default model
+    # 0.86-0.91x the time on 2 CPU cores); the values are the same up to summation order.
+    model.to(memory_format=torch.channels_last)
     weights = None
     if phase == "finetune" and cfg.train.class_balance == "loss":
         weights = class_weights(data.labels, data.num_classes, cfg.train.class_weight_power).to(device)
@@ -167,8 +168,7 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
                 continue
             set_learning_rate(optimizer, cfg, progress, done, total)
             x = to_float(xb.pin_memory() if gpu else xb, device)  # pinned: the copy overlaps the last step
-            if gpu:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             if phase == "ssl":
                 c = cfg.train.colour_jitter
                 losses = ssl_batch(model, random_view(x, generator, colour=c), random_view(x, generator, colour=c),
