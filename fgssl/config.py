@@ -581,6 +581,14 @@ class Config:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
+    @property
+    def private_norms(self) -> bool:
+        """Whether the model's normalisation can train under sample-level DP: GroupNorm throughout, or a frozen
+        BatchNorm backbone and blocks (a fixed function of each image in eval mode) under GroupNorm heads."""
+        m = self.model
+        frozen_batch_norm = {"backbone", "blocks"} <= set(self.train.frozen) and m.head_norm == "group"
+        return m.norm == "group" and m.head_norm in (None, "group") or frozen_batch_norm
+
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
             sub = getattr(self, f.name)
@@ -593,9 +601,7 @@ class Config:
                  "'plain' is a non-private baseline: the DP loop and its accounting are written for the four "
                  "progressive steps of 'fgssl'")
         if self.privacy.mode == "sample":
-            m = self.model
-            frozen_batch_norm = {"backbone", "blocks"} <= set(self.train.frozen) and m.head_norm == "group"
-            _require(m.norm == "group" and m.head_norm in (None, "group") or frozen_batch_norm, "model.norm",
+            _require(self.private_norms, "model.norm",
                      "must be 'group' under differential privacy (BatchNorm mixes samples; Opacus rejects it), or "
                      "'batch' only for a frozen backbone and blocks (train.frozen: [backbone, blocks]) with "
                      "model.head_norm: group")

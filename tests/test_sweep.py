@@ -12,7 +12,7 @@ import yaml
 from cli.experiments.sweep_results import PLOT_FIGSIZE, CellResult
 from cli.reports.plots import REPORT_DPI
 
-from .conftest import TINY, merge, run_cli
+from .conftest import REPO, TINY, merge, run_cli
 from .test_report import png_size
 
 # The smallest run that still trains and evaluates: one fine-tune round of one local batch per site.
@@ -238,3 +238,23 @@ def test_spec_file_gives_the_grid_and_the_command_line_wins(tmp_path):
     assert (cfg.privacy.mode, cfg.privacy.target_epsilon, cfg.partition.method, cfg.partition.alpha, cfg.seed) == \
         ("sample", 3.0, "dirichlet", 0.3, 5)
     assert cfg.federation.finetune_rounds == 2 and cfg.data.num_samples == 240  # the spec's base config and set
+
+
+def test_a_model_dp_can_train_is_kept_in_every_cell_and_batch_norm_that_would_train_becomes_group_norm():
+    """The DP example's frozen BatchNorm backbone (public weights trained with BatchNorm) stays BatchNorm in every
+    cell: GroupNorm there would compute other features than the ones the weights learned. A base whose BatchNorm
+    would train under DP gets GroupNorm in every cell, the ε = ∞ ones included."""
+    import argparse
+    from cli.experiments.sweep import build_spec, cell_configs
+    from simulations import DEFAULT_CONFIG
+
+    def cells(config):
+        args = argparse.Namespace(spec=None, config=config, overrides=[], epsilons=[8.0, math.inf], alphas=None,
+                                  seeds=[0], out=None)
+        return list(cell_configs(build_spec(args), DEFAULT_CONFIG)[1].values())
+
+    dp = cells(str(REPO / "simulations" / "configs" / "dp.yaml"))
+    assert [(c.privacy.mode, c.model.norm, c.model.head_norm, c.train.frozen) for c in dp] == \
+        [("sample", "batch", "group", ("backbone", "blocks")), ("none", "batch", "group", ("backbone", "blocks"))]
+    plain = cells(None)  # default.yaml: BatchNorm that trains
+    assert [(c.privacy.mode, c.model.norm) for c in plain] == [("sample", "group"), ("none", "group")]

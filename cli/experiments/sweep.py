@@ -217,9 +217,6 @@ def _check_overrides(spec: SweepSpec) -> None:
     for key, flag in controlled.items():
         if key in flat:
             raise ConfigError(f"--set {key}", f"is set by the sweep for every cell ({flag}); drop it")
-    if spec.any_dp and flat.get("model.norm", "group") != "group":
-        raise ConfigError("--set model.norm", "must be 'group' when the sweep has a finite ε (DP-SGD cannot use "
-                          "BatchNorm); the sweep uses GroupNorm in every cell")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -242,7 +239,7 @@ def plan_cells(spec: SweepSpec, base: Config) -> list[Cell]:
     return [Cell(e, a, s) for e in spec.epsilons for a in alphas for s in seeds]
 
 
-def cell_overrides(cell: Cell, any_dp: bool) -> list[str]:
+def cell_overrides(cell: Cell, group_norm: bool) -> list[str]:
     out = [f"seed={cell.seed}"]
     if cell.alpha is not None:
         out += ["partition.method=dirichlet", f"partition.alpha={cell.alpha!r}"]
@@ -250,19 +247,34 @@ def cell_overrides(cell: Cell, any_dp: bool) -> list[str]:
         out += ["privacy.mode=none", "privacy.target_epsilon=null", "privacy.noise_multiplier=null"]
     else:
         out += ["privacy.mode=sample", f"privacy.target_epsilon={cell.epsilon!r}", "privacy.noise_multiplier=null"]
-    if any_dp:  # the same model in every cell, so the ε = ∞ cells are a fair reference
+    if group_norm:  # the same model in every cell, so the ε = ∞ cells are a fair reference
         out.append("model.norm=group")
     return out
+
+
+def switches_to_group_norm(spec: SweepSpec, base: Config) -> bool:
+    """Whether every cell must use GroupNorm: a finite ε, and a base model whose BatchNorm would train under DP. A
+    model DP can already train (GroupNorm, or the DP example's frozen BatchNorm backbone under GroupNorm heads) is
+    kept as it is: the example's public weights were trained with BatchNorm, and GroupNorm layers in its frozen
+    backbone would compute other features than the ones those weights learned."""
+    if not spec.any_dp or base.private_norms:
+        return False
+    if _flatten(parse_overrides(spec.overrides)).get("model.norm", "group") != "group":
+        raise ConfigError("--set model.norm", "must be 'group' when the sweep has a finite ε (DP-SGD cannot train "
+                          "BatchNorm; only a frozen backbone and blocks under model.head_norm: group may keep it); "
+                          "the sweep uses GroupNorm in every cell")
+    return True
 
 
 def cell_configs(spec: SweepSpec, default_config: Path) -> tuple[Config, dict[Cell, Config]]:
     """The base config and every cell's resolved config: all validated before any cell runs."""
     path = spec.config or default_config
     base = load_config(path, spec.overrides)
+    group_norm = switches_to_group_norm(spec, base)
     configs = {}
     for cell in plan_cells(spec, base):
         try:
-            configs[cell] = load_config(path, spec.overrides + cell_overrides(cell, spec.any_dp))
+            configs[cell] = load_config(path, spec.overrides + cell_overrides(cell, group_norm))
         except ConfigError as e:
             raise ConfigError(e.key, f"{str(e).split(': ', 1)[1]} (in sweep cell {cell.label})") from None
     return base, configs

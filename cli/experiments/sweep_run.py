@@ -17,7 +17,8 @@ from simulations import DEFAULT_CONFIG
 
 from cli.common import format_table
 from cli.progress import Output
-from cli.experiments.sweep import Cell, build_spec, cell_configs, cell_state, fmt_eps, run_cell, set_aside
+from cli.experiments.sweep import (Cell, build_spec, cell_configs, cell_state, fmt_eps, run_cell, set_aside,
+                                   switches_to_group_norm)
 from cli.experiments.sweep_results import (CellResult, group, read_cell, render_markdown, save_utility_vs_epsilon,
                                            write_cells_csv, write_results_csv)
 
@@ -71,7 +72,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     grid = f"ε {', '.join(fmt_eps(e) for e in spec.epsilons)}{alphas} × seeds {', '.join(map(str, seeds))}"
     out.emit("start", f"fgssl sweep: {len(cells)} cell{'s' if len(cells) != 1 else ''} ({grid}) in {root}",
              result=True, command="sweep", out=str(root), cells=[c.fields() for c in cells])
-    if spec.any_dp and base.model.norm != "group":
+    if switches_to_group_norm(spec, base):
         out.emit("note", "note: model.norm=group in every cell: DP-SGD needs GroupNorm, and the ε = ∞ cells use it "
                  "too so that they are a fair reference", result=True, text="model.norm=group in every cell")
     root.mkdir(parents=True, exist_ok=True)
