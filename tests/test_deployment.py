@@ -273,6 +273,21 @@ def test_a_restart_refused_after_a_crash_says_why_not_that_the_key_is_unknown(tm
     assert "is not registered" in _explain(site, "10.0.0.2:9092", args, tmp_path / "clientapp.log")
 
 
+def test_fgssl_nodes_which_does_not_wait_says_to_run_it_again_later(tmp_path):
+    import argparse
+
+    from cli.deploy.supernodes import CONNECTION_FILE, Site, Watch, _explain
+
+    site = Site(3, tmp_path / "node.key", tmp_path, 0, Watch(verbose=False, command="fgssl nodes"))
+    site.watch.reasons.append("auth")
+    (tmp_path / CONNECTION_FILE).write_text(json.dumps({"superlink": "10.0.0.1:9092", "node_id": "77",
+                                                        "connected_at": "2026-12-02T10:00:00+00:00"}))
+    said = _explain(site, "10.0.0.1:9092", argparse.Namespace(ca=tmp_path / "ca.crt", max_wait_time=60),
+                    tmp_path / "clientapp.log")
+    assert "previous SuperNode (Flower node 77" in said and said.endswith("run the same command again after that")
+    assert "tries again" not in said
+
+
 def test_a_restarted_node_waits_for_its_crashed_supernode_to_lapse_then_gives_up(tmp_path, monkeypatch, capsys):
     """`fgssl node` tries again while the SuperLink still counts the site's crashed SuperNode as online, and stops
     trying once that one's heartbeat must have lapsed (then another SuperNode with the key is the cause). The real

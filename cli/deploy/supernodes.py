@@ -113,6 +113,9 @@ def _explain(site: Site, superlink: str, args: argparse.Namespace, launcher_log:
         return f"--key {site.key} is not an OpenSSH EC private key (use node.key written by `fgssl certs`)"
     if "auth" in reasons:
         earlier = _earlier_connection(site, superlink)
+        if earlier and site.watch.command != "fgssl node":  # `fgssl nodes` does not wait (run_node does)
+            return (f"the SuperLink at {superlink} did not accept this node: {_still_online(earlier)}; run the "
+                    "same command again after that")
         if earlier:
             return (f"the SuperLink at {superlink} did not accept this node: {_still_online(earlier)}; `fgssl node` "
                     f"tries again for up to {STALE_NODE_S + STALE_RETRY_S:g} s after its start, so if it still "
