@@ -240,7 +240,7 @@ def test_spec_file_gives_the_grid_and_the_command_line_wins(tmp_path):
     assert cfg.federation.finetune_rounds == 2 and cfg.data.num_samples == 240  # the spec's base config and set
 
 
-def test_a_model_dp_can_train_is_kept_in_every_cell_and_batch_norm_that_would_train_becomes_group_norm():
+def test_a_model_dp_can_train_is_kept_in_every_cell_and_batch_norm_that_would_train_becomes_group_norm(tmp_path):
     """The DP example's frozen BatchNorm backbone (public weights trained with BatchNorm) stays BatchNorm in every
     cell: GroupNorm there would compute other features than the ones the weights learned. A base whose BatchNorm
     would train under DP gets GroupNorm in every cell, the ε = ∞ ones included."""
@@ -248,12 +248,15 @@ def test_a_model_dp_can_train_is_kept_in_every_cell_and_batch_norm_that_would_tr
     from cli.experiments.sweep import build_spec, cell_configs
     from simulations import DEFAULT_CONFIG
 
-    def cells(config):
-        args = argparse.Namespace(spec=None, config=config, overrides=[], epsilons=[8.0, math.inf], alphas=None,
-                                  seeds=[0], out=None)
+    def cells(config, overrides=()):
+        args = argparse.Namespace(spec=None, config=config, overrides=list(overrides), epsilons=[8.0, math.inf],
+                                  alphas=None, seeds=[0], out=None)
         return list(cell_configs(build_spec(args), DEFAULT_CONFIG)[1].values())
 
-    dp = cells(str(REPO / "simulations" / "configs" / "dp.yaml"))
+    # dp.yaml names runs/public/model.safetensors, which a fresh clone has not trained yet; only its path is checked
+    public = tmp_path / "model.safetensors"
+    public.write_bytes(b"")
+    dp = cells(str(REPO / "simulations" / "configs" / "dp.yaml"), [f"model.weights={public}"])
     assert [(c.privacy.mode, c.model.norm, c.model.head_norm, c.train.frozen) for c in dp] == \
         [("sample", "batch", "group", ("backbone", "blocks")), ("none", "batch", "group", ("backbone", "blocks"))]
     plain = cells(None)  # default.yaml: BatchNorm that trains
