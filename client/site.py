@@ -50,7 +50,7 @@ def site_seed(seed: int, site: int, rnd: int) -> int:
 
 def _model_with(cfg: Config, num_classes: int, received: NamedArrays, local: dict[str, torch.Tensor]) -> FGSSLNet:
     torch.manual_seed(cfg.seed)  # same initial values as the server's global model for keys not sent
-    model = build_model(cfg.model, num_classes)
+    model = build_model(cfg.model, num_classes, cfg.train.frozen)
     state = model.state_dict()
     for k, v in received.items():
         if k not in state:

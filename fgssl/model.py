@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 
 BRANCHES = (0, 1, 2, 3)  # 0..2: blocks on layer2..layer4; 3: the concat branch
 CONCAT = 3
@@ -228,20 +228,27 @@ class FGSSLNet(nn.Module):
         return backbone, [p for p in self.parameters() if id(p) not in ids]
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> FGSSLNet:
+def _has_running_statistics(state: dict[str, Tensor], part: str) -> bool:
+    return any(k.startswith(f"{part}.") and k.endswith(".running_mean") for k in state)
+
+
+def build_model(cfg: ModelConfig, num_classes: int, frozen: tuple[str, ...] = ()) -> FGSSLNet:
+    """The model of `cfg`, with `cfg.weights` loaded; `frozen`: the parts (train.frozen) that will never train."""
     model = FGSSLNet(cfg, num_classes)
     if cfg.weights:
-        load_backbone_weights(model, cfg.weights)
+        load_backbone_weights(model, cfg.weights, frozen)
     return model
 
 
-def load_backbone_weights(model: FGSSLNet, path: str | Path) -> list[str]:
+def load_backbone_weights(model: FGSSLNet, path: str | Path, frozen: tuple[str, ...] = ()) -> list[str]:
     """Load pretrained feature-extractor weights from a local file; returns the keys loaded.
 
     A torchvision ImageNet file fills the backbone. A model.safetensors written by this project (e.g. public
     pretraining) fills the backbone and the hierarchical blocks; heads and classifiers always start fresh, so what
     a federation later learns about its labels comes from its own data. Keys this model lacks (e.g. BatchNorm
-    statistics when the model uses GroupNorm) are skipped; a convolution of another shape is refused.
+    statistics when the model uses GroupNorm) are skipped; a convolution of another shape is refused, and so is a
+    BatchNorm-trained part that `frozen` keeps fixed in a GroupNorm model: its affine weights would scale features
+    normalised another way than the ones they were learned on, and no training would ever correct them.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -254,11 +261,19 @@ def load_backbone_weights(model: FGSSLNet, path: str | Path) -> list[str]:
     own = model.state_dict()
     for k, v in state.items():
         if k in own and v.dim() == 4 and own[k].shape != v.shape:
-            raise ValueError(f"{path}: {k} is {tuple(v.shape)} there but {tuple(own[k].shape)} in this model: the "
-                             "weights were made for another model.backbone or model.width")
+            raise ConfigError("model.weights", f"{path}: {k} is {tuple(v.shape)} there but {tuple(own[k].shape)} in "
+                              "this model: the weights were made for another model.backbone or model.width")
+    for part in frozen:
+        if _has_running_statistics(state, part) and not _has_running_statistics(own, part):
+            raise ConfigError("model.weights", f"{path}: its {part} was trained with BatchNorm, but this model "
+                              f"normalises its {part} with GroupNorm and train.frozen keeps it fixed, so it would "
+                              f"compute other features than the ones the weights learned; set model.norm=batch (a "
+                              f"frozen BatchNorm part is a fixed function in eval mode, fit for DP) or stop freezing "
+                              f"the {part}")
     usable = {k: v for k, v in state.items()
               if k.startswith(("backbone.", "blocks.")) and k in own and own[k].shape == v.shape}
     if not any(v.dim() > 0 for v in usable.values()):
-        raise ValueError(f"{path}: no tensor matches the {type(model.backbone).__name__} backbone's keys and shapes")
+        raise ConfigError("model.weights", f"{path}: no tensor matches the {type(model.backbone).__name__} "
+                          "backbone's keys and shapes")
     model.load_state_dict(usable, strict=False)
     return sorted(usable)

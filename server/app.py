@@ -50,7 +50,7 @@ SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "qua
 
 def initial_model(cfg: Config, num_classes: int) -> FGSSLNet:
     torch.manual_seed(cfg.seed)  # clients rebuild the same initial values for keys they are not sent
-    return build_model(cfg.model, num_classes)
+    return build_model(cfg.model, num_classes, cfg.train.frozen)
 
 
 def initial_global(cfg: Config, num_classes: int) -> dict[str, np.ndarray]:

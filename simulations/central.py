@@ -93,7 +93,7 @@ def train_central(cfg: Config, run_dir: RunDir, out: Progress) -> dict[str, Any]
         out.emit("labels", f"labels: fine-tuning on {len(labelled)} of {len(splits.train)} training images "
                  f"(train.label_fraction={cfg.train.label_fraction:g}, stratified); SSL on all of them",
                  result=True, labelled=len(labelled), train=len(splits.train))
-    model = build_model(cfg.model, splits.train.num_classes).to(device)
+    model = build_model(cfg.model, splits.train.num_classes, cfg.train.frozen).to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     plan = [("ssl", e, cfg.train.ssl_epochs) for e in range(cfg.train.ssl_epochs)]
     plan += [("finetune", e, cfg.train.finetune_epochs) for e in range(cfg.train.finetune_epochs)]

@@ -245,6 +245,31 @@ def test_a_project_model_file_fills_backbone_and_blocks_but_not_heads(tmp_path):
     assert not torch.equal(mine["classifiers.0.weight"], theirs["classifiers.0.weight"])
 
 
+def test_batch_norm_weights_for_a_frozen_group_norm_part_are_refused_and_train_refuses_them_too(tmp_path):
+    """GroupNorm layers holding BatchNorm's affine weights compute features the weights never learned; frozen, they
+    would stay wrong for the whole run (the DP sweep once did this to the DP example)."""
+    from safetensors.torch import save_file
+    from tests.conftest import run_cli
+
+    def model(norm, weights=None, frozen=()):
+        return build_model(config_from_dict({"model": {"norm": norm, "weights": weights}}).model, 3, frozen)
+
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model("batch").state_dict().items()}, str(path))
+    with pytest.raises(ConfigError, match=r"model.weights.*its backbone was trained with BatchNorm"):
+        model("group", str(path), ("backbone",))
+    # the same file fits a frozen BatchNorm part, and a GroupNorm part that trains
+    model("batch", str(path), ("backbone", "blocks"))
+    model("group", str(path))
+
+    proc = run_cli("train", "--set", "data.num_samples=40", "--set", "data.image_size=32", "--set", "model.norm=group",
+                   "--set", f"model.weights={path}", "--set", "train.frozen=[backbone,blocks]",
+                   "--out", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "fgssl train: error: config key 'model.weights'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 def test_frozen_parts_do_not_train_and_do_not_travel():
     from fgssl.train import trained_prefixes
     from strategies.fgssl_strategy import FGSSLStrategy
