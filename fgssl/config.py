@@ -224,8 +224,11 @@ class TrainConfig:
     # How fine-tuning copes with skewed classes. 'sampler': batches drawn with replacement, each image with weight
     # (1 / n_k)^class_weight_power (1: every class equally often; 0.5: class k in proportion to sqrt(n_k)); 'loss':
     # plain shuffling, cross-entropy weighted per class by (1 / n_k)^class_weight_power (normalised to mean 1 over
-    # the training images); 'none': plain shuffling and loss.
-    class_balance: Literal["sampler", "loss", "none"] = "sampler"
+    # the training images); 'logit_adjust': plain shuffling, cross-entropy on logits + class_weight_power·log(p_k),
+    # p_k the class's share of these training images (Menon et al.'s logit adjustment: the plain logits then answer
+    # for balanced classes, no image is replayed, and a class a site lacks is neither learned nor pushed down
+    # there); 'none': plain shuffling and loss.
+    class_balance: Literal["sampler", "loss", "logit_adjust", "none"] = "sampler"
     class_weight_power: float = 1.0
     # Per-channel colour gain of the random views: each channel's intensity times U(1 - c, 1 + c), per image (0 = off).
     # Sites' cameras differ in colour response (data.site_shift imitates it); the jitter keeps the model from telling

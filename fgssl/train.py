@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -112,13 +114,16 @@ def ssl_batch(model: FGSSLNet, v1: Tensor, v2: Tensor, cfg: Config, optimizer: t
 
 
 def finetune_batch(model: FGSSLNet, view: Tensor, y: Tensor, cfg: Config, optimizer: torch.optim.Optimizer,
-                   generator: torch.Generator | None, class_weights: Tensor | None = None) -> list[float]:
-    """One step per progressive step: weight·CE(cls_b(step view of x), y) (jigsaw branches, then concat)."""
+                   generator: torch.Generator | None, class_weights: Tensor | None = None,
+                   logit_offset: Tensor | None = None) -> list[float]:
+    """One step per progressive step: weight·CE(cls_b(step view of x) + logit_offset, y) (jigsaw branches, then
+    concat)."""
     losses = []
     for step in progressive_steps(cfg):
         with _autocast(cfg, view.device):
             logits = model(step.view(view, generator), (step.branch,)).logits[step.branch]
-        losses.append(_step(optimizer, step.weight * F.cross_entropy(logits.float(), y, weight=class_weights)))
+        logits = logits.float() if logit_offset is None else logits.float() + logit_offset
+        losses.append(_step(optimizer, step.weight * F.cross_entropy(logits, y, weight=class_weights)))
     return losses
 
 
@@ -127,6 +132,14 @@ def class_weights(labels: Tensor, num_classes: int, power: float) -> Tensor:
     counts = torch.bincount(labels, minlength=num_classes).float()
     w = torch.where(counts > 0, counts.clamp(min=1).pow(-power), torch.zeros_like(counts))
     return w / w[labels].mean()
+
+
+def logit_adjustment(labels: Tensor, num_classes: int, tau: float) -> Tensor:
+    """tau·log(p_k), p_k the share of class k in `labels`. A class absent there gets -inf: its softmax share is 0, so
+    its classifier row gets exactly no gradient (a tiny one would be blown up to a full step by Adam's scaling), and
+    a site does not push down what only other sites can teach (as in FedRS's restricted softmax)."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    return torch.where(counts > 0, tau * torch.log(counts / counts.sum()), torch.full_like(counts, -math.inf))
 
 
 def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epochs: int = 1,
@@ -152,9 +165,11 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
     # NHWC convolutions are cuDNN's fast path, and oneDNN's on the CPU (a fine-tuning batch of the default model
     # 0.86-0.91x the time on 2 CPU cores); the values are the same up to summation order.
     model.to(memory_format=torch.channels_last)
-    weights = None
+    weights = offset = None
     if phase == "finetune" and cfg.train.class_balance == "loss":
         weights = class_weights(data.labels, data.num_classes, cfg.train.class_weight_power).to(device)
+    if phase == "finetune" and cfg.train.class_balance == "logit_adjust":
+        offset = logit_adjustment(data.labels, data.num_classes, cfg.train.class_weight_power).to(device)
     names = loss_names(cfg)
     sums = np.zeros(len(names))
     done = 0
@@ -175,7 +190,7 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
                                    cfg, optimizer, generator)
             else:
                 losses = finetune_batch(model, random_view(x, generator, colour=cfg.train.colour_jitter),
-                                        yb.to(device), cfg, optimizer, generator, weights)
+                                        yb.to(device), cfg, optimizer, generator, weights, offset)
             check_finite(losses, phase, done + 1)
             sums += losses
             done += 1

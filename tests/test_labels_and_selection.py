@@ -40,6 +40,37 @@ def test_the_sampler_draws_classes_equally_at_power_1_and_by_sqrt_n_at_power_hal
     np.testing.assert_allclose(drawn[2], np.array(counts) / sum(counts), atol=0.01)
 
 
+def test_logit_adjustment_adds_tau_log_prior_and_leaves_a_class_the_site_lacks_untouched():
+    """class_balance=logit_adjust: CE on logits + tau·log p_k. A class absent from the site's labels gets no gradient
+    at all (its classifier rows only decay), where plain cross-entropy pushes it down."""
+    from fgssl.config import config_from_dict
+    from fgssl.model import build_model
+    from fgssl.train import logit_adjustment, train_local
+
+    from .conftest import TINY
+
+    offset = logit_adjustment(torch.tensor([0, 0, 0, 1]), 3, 0.5)
+    assert torch.allclose(offset[:2], 0.5 * torch.log(torch.tensor([0.75, 0.25]))) and offset[2] == -float("inf")
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 12 + [1] * 4)  # class 2 absent at this site
+    data = ImageSet(torch.randint(0, 256, (16, 3, 32, 32), generator=g, dtype=torch.uint8), labels, ("a", "b", "c"))
+
+    def rows_after(balance):
+        cfg = config_from_dict({**TINY, "train": {"batch_size": 8, "class_balance": balance}})
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 3)
+        before = {k: v[2].clone() for k, v in model.state_dict().items() if k.startswith("classifiers.")}
+        train_local(model, data, "finetune", cfg, epochs=2, generator=torch.Generator().manual_seed(1))
+        after = model.state_dict()
+        return [torch.nn.functional.cosine_similarity(before[k].reshape(1, -1), after[k][2].reshape(1, -1)).item()
+                for k in before if k.endswith(".weight")]
+
+    adjusted, plain = rows_after("logit_adjust"), rows_after("none")
+    assert all(c > 1 - 1e-6 for c in adjusted), adjusted  # only weight decay: the same direction
+    assert all(c < 1 - 1e-4 for c in plain), plain  # pushed down: turned away from where it started
+
+
 @pytest.mark.slow
 def test_train_fine_tunes_on_the_labelled_fraction_and_pretrains_on_all(tiny_config, tmp_path):
     cfg = tiny_config(train={"batch_size": 8, "label_fraction": 0.25, "ssl_epochs": 1, "finetune_epochs": 2})

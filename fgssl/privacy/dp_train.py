@@ -439,8 +439,9 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
     `generator` drives batch sampling, augmentation, jigsaw and noise; it must live on the model's device and must be
     secret (None: seeded from OS entropy). Returns a DPLocalResult whose `.mechanism` is what to account.
 
-    Batches are always Poisson samples: `train.class_balance: sampler` is not applied (class-balanced draws depend
-    on private class counts and are not the sampling the accountant assumes); details["class_balance"] says so.
+    Batches are always Poisson samples and `train.class_balance` is not applied: class-balanced draws, loss weights
+    and logit adjustment all depend on private class counts, and the draws are not the sampling the accountant
+    assumes; details["class_balance"] says so.
     """
     check_phase(phase)
     if dp.noise_multiplier <= 0 or (phase == "ssl" and dp.statistic_noise_multiplier <= 0):
