@@ -93,8 +93,9 @@ class ServerOptimizer:
 
 class FedAvgServer(ServerOptimizer):
     """FedAvg with a server learning rate: x += server_lr * delta, no state. At server_lr 1 the new global is the
-    aggregate; above 1 the averaged step is lengthened (Reddi et al.'s "FedAvg with server learning rate"): K sites'
-    averaged updates move the model about as far as one site's, which a larger server step makes up for."""
+    aggregate; above 1 the averaged step is lengthened (Reddi et al.'s "FedAvg with server learning rate"). K sites'
+    averaged updates move the model about as far as one site's, but lengthening them is no cure: with the default
+    AdamW sites, server_lr 2 did far worse than 1 (docs/RESULTS.md, E3 evening)."""
 
     def __init__(self, server_lr: float = 1.0) -> None:
         super().__init__()
