@@ -7,10 +7,9 @@ are fgssl.recipe's, shared with the DP loop.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
-
-import math
 
 import numpy as np
 import torch

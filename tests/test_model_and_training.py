@@ -249,7 +249,7 @@ def test_batch_norm_weights_for_a_frozen_group_norm_part_are_refused_and_train_r
     """GroupNorm layers holding BatchNorm's affine weights compute features the weights never learned; frozen, they
     would stay wrong for the whole run (the DP sweep once did this to the DP example)."""
     from safetensors.torch import save_file
-    from tests.conftest import run_cli
+    from .conftest import run_cli
 
     def model(norm, weights=None, frozen=()):
         return build_model(config_from_dict({"model": {"norm": norm, "weights": weights}}).model, 3, frozen)
