@@ -31,7 +31,7 @@ from strategies.client_dp import client_dp_aggregate
 from strategies.fgssl_strategy import FGSSLStrategy, RoundOutcome
 from strategies.flower import array_specs, screen_reply, to_config, to_record, uploaded_bytes
 from strategies.groups import tag_by_site
-from strategies.incoming import ArraySpec, RejectedReply
+from strategies.incoming import ArraySpec, RejectedReply, error_line
 from strategies.secagg import secure_round
 from strategies.wire import decode, is_encoded
 
@@ -166,7 +166,7 @@ class FederatedRun:
         compact = config.get("upload_encoding") == "float16_delta"
         for site, r in got.replies.items():
             if r.has_error():
-                failed[site] = f"client error: {r.error.reason.strip()[-300:]}"
+                failed[site] = f"client error: {error_line(r.error.reason)[-300:]}"
                 continue
             try:
                 ok[site], received = screen_reply(r.content, expected, compact=compact)

@@ -14,6 +14,7 @@ from typing import Any
 
 from fgssl.config import CROSS_SITE_EVALUATIONS, Config
 from fgssl.metrics import HEADLINE_METRICS, below_majority
+from strategies.incoming import error_line
 
 GLOBAL, MEAN = "global", "mean"
 CSV_FILE = "cross_site.csv"
@@ -106,14 +107,6 @@ def model_label(table: dict[str, Any], model: str) -> str:
 
 def _fmt(v: Any) -> str:
     return f"{v:.3f}" if _number(v) is not None else "–"
-
-
-def error_line(error: str) -> str:
-    """The line of an error that says what happened: a traceback's last, without the wording Flower wraps a
-    ClientApp's exception in."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    last = lines[-1] if lines else ""
-    return last.rpartition("Message: ")[2].rstrip("'>\"") if "ClientAppException" in last else last
 
 
 def cell_text(cell: Cell, sites: int, width: int = 60) -> str:

@@ -106,3 +106,11 @@ def check_decoded(key: str, value: Any, bounds: ReplyBounds, depth: int = 0, cou
 def check_metric_count(keys: list[str], bounds: ReplyBounds) -> None:
     if len(keys) > bounds.max_metric_keys:
         raise RejectedReply(f"{len(keys)} metrics (at most {bounds.max_metric_keys})")
+
+
+def error_line(error: str) -> str:
+    """The line of a node's error that says what happened: a traceback's last, without the wording Flower wraps a
+    ClientApp's exception in."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last.rpartition("Message: ")[2].rstrip("'>\"") if "ClientAppException" in last else last

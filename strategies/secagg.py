@@ -38,6 +38,7 @@ from fgssl.config import SECAGG_MODULUS, FederationConfig
 from .aggregate import NamedArrays
 from .fgssl_strategy import FGSSLStrategy, RoundFailed, RoundOutcome
 from .flower import from_config, to_config, to_record
+from .incoming import error_line
 
 # Flower's workflow asks each node for the four protocol steps in this order (one send_and_receive each).
 STAGES = ("setup", "key sharing", "training and masked upload", "unmasking")
@@ -96,7 +97,7 @@ class WatchedGrid:
                 src = r.metadata.src_node_id
                 node = src if src in self._nodes else dst_of.get(r.metadata.reply_to_message_id, -1)
                 self.errors.setdefault(node, f"client error during secure aggregation ({stage}): "
-                                             f"{r.error.reason.strip()[-300:]}")
+                                             f"{error_line(r.error.reason)[-300:]}")
         self.stage += 1
         return replies
 

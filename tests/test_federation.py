@@ -121,6 +121,8 @@ def test_bad_updates_and_a_crashing_site_are_dropped_and_the_round_completes(tin
     for site, fragment in expectations.items():
         assert rounds[site]["status"] == "rejected"
         assert fragment in rounds[site]["reason"], rounds[site]["reason"]
+    # a crashed site's reason is its exception's message, not the tail of Flower's traceback around it
+    assert rounds["3"]["reason"] == "client error: injected crash of site 3 in round 1 (simulation.faults)", rounds["3"]
     assert "dropped" in proc.stdout
     assert "is 2000000 characters long" in rounds["5"]["reason"] and "x" * 1000 not in (out / "metrics.jsonl").read_text()
     assert (out / "model.safetensors").exists()

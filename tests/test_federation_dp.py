@@ -97,6 +97,42 @@ def test_a_site_refuses_a_coordinator_delta_above_its_limit(tmp_path):
                          epochs=1, max_batches=1, progress=(0.0, 1.0)).refused is None
 
 
+def test_a_target_epsilon_below_what_the_fixed_noise_releases_spend_is_refused_with_the_keys_to_change(tmp_path):
+    """ε = 1 with an SSL round: the example count and the SSL statistic, whose noise other keys fix, spend more than
+    that at any σ (1.14 here, 1.45 in the DP example), so no σ meets the target. The site refuses the round (after
+    paying for its count) naming the keys, where it used to crash with "cannot be met by this plan"; without SSL
+    rounds the same target is met."""
+    import torch
+
+    from fgssl.config import load_config
+    from fgssl.data.images import ImageSet
+    from fgssl.model import build_model
+    from fgssl.privacy.node import private_round
+
+    from .conftest import TINY, merge
+
+    data = ImageSet(torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8), torch.arange(300) % 3, ("a", "b", "c"))
+
+    def round_with(ssl_rounds: int, where: str):
+        cfg = load_config(None, [], base=merge(TINY, {"privacy": {"mode": "sample", "target_epsilon": 1.0},
+                                                      "federation": {"ssl_rounds": ssl_rounds, "finetune_rounds": 2,
+                                                                     "max_local_batches": None}}))
+        return private_round(build_model(cfg.model, 3), data, "finetune", cfg, tmp_path / where, site=0,
+                             run_id="r", rnd=1, epochs=1, max_batches=1, progress=(0.0, 1.0))
+
+    refused = round_with(1, "ssl")
+    assert refused.refused and refused.metrics == {}, refused
+    assert "config key 'privacy.target_epsilon': 1 cannot be met at this site" in refused.refused
+    for key in ("privacy.count_noise=20", "privacy.statistic_noise_multiplier=2", "federation.ssl_rounds=0"):
+        assert key in refused.refused, refused.refused
+    floor = float(refused.refused.split("spend ε=")[1].split()[0])
+    assert 1.0 < floor < 2.0
+    with PrivacyLedger(tmp_path / "ssl") as ledger:
+        assert [e.phase for e in ledger.history()] == ["count"]
+    met = round_with(0, "plain")
+    assert met.refused is None and met.epsilon <= 1.0
+
+
 def test_a_node_computes_its_epsilon_at_its_own_delta_and_refuses_a_larger_one(tmp_path):
     import torch
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.images import ImageSet
 from ..model import FGSSLNet
 from .accounting import Mechanism, default_delta, epsilon
@@ -107,7 +107,7 @@ def _solve_sigma(cfg: Config, num_examples: int) -> float:
     while epsilon(planned_history(cfg, num_examples, hi), delta, cfg.privacy.accountant) > target:
         lo, hi = hi, hi * 2
         if hi > 1e4:
-            raise ValueError(f"privacy.target_epsilon={target} cannot be met by this plan")
+            raise _unreachable(cfg, num_examples, delta)
     for _ in range(30):  # bisection: the largest ε at or below the target, to 1e-3 relative in σ
         mid = (lo + hi) / 2
         if epsilon(planned_history(cfg, num_examples, mid), delta, cfg.privacy.accountant) > target:
@@ -117,6 +117,23 @@ def _solve_sigma(cfg: Config, num_examples: int) -> float:
         if hi - lo < 1e-3 * hi:
             break
     return hi
+
+
+def _unreachable(cfg: Config, num_examples: int, delta: float) -> ConfigError:
+    """Why no σ meets the target: the releases whose noise is fixed by other keys already spend more than it."""
+    floor = epsilon(planned_history(cfg, num_examples, 1e6), delta, cfg.privacy.accountant)
+    p, ssl = cfg.privacy, cfg.federation.ssl_rounds
+    parts = [f"the example count, privacy.count_noise={p.count_noise:g}"]
+    fixes = "raise privacy.count_noise"
+    if ssl:
+        parts.append(f"the SSL statistic of {ssl} SSL round{'s' if ssl > 1 else ''}, "
+                     f"privacy.statistic_noise_multiplier={p.statistic_noise_multiplier:g}")
+        fixes = ("train without SSL rounds (federation.ssl_rounds=0), raise privacy.statistic_noise_multiplier or "
+                 "privacy.count_noise")
+    return ConfigError("privacy.target_epsilon",
+                       f"{p.target_epsilon:g} cannot be met at this site: at δ={delta:g} the releases whose noise σ "
+                       f"does not set ({'; '.join(parts)}) spend ε={floor:.2f} however much noise the gradients get; "
+                       f"ask for more than that, or {fixes}")
 
 
 def noise_multiplier(cfg: Config, num_examples: int) -> float:
@@ -161,7 +178,10 @@ def _private_round(ledger: PrivacyLedger, model: FGSSLNet, data: ImageSet, phase
     if refusal is not None:  # before anything is solved, trained or recorded
         return PrivateRound(refusal, float("nan"), float("nan"), {})
     delta = node_delta(cfg, n)
-    dp = DPSettings.of(p, noise_multiplier(cfg, n))
+    try:
+        dp = DPSettings.of(p, noise_multiplier(cfg, n))
+    except ConfigError as e:  # a refusal like the others: the run stops with the reason, not a client crash
+        return PrivateRound(f"site {site}: {e}", float("nan"), float("nan"), {})
     mechanism = plan_mechanism(n, phase, cfg, dp, epochs=epochs, max_batches=max_batches)
     try:
         entry = ledger.reserve(mechanism, run_id=run_id, round=rnd, phase=phase, delta=delta,
