@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -230,6 +231,11 @@ class TrainConfig:
     # there); 'none': plain shuffling and loss.
     class_balance: Literal["sampler", "loss", "logit_adjust", "none"] = "sampler"
     class_weight_power: float = 1.0
+    # logit_adjust only: a PUBLIC class prior (one share per class, in the data set's class order; normalised) used
+    # instead of the site's own class counts, e.g. a published prevalence. It depends on no site's images, so it is
+    # also how logit adjustment applies under sample-level DP, where the counts are private; a class the site lacks
+    # is then not singled out.
+    class_prior: tuple[float, ...] = ()
     # Per-channel colour gain of the random views: each channel's intensity times U(1 - c, 1 + c), per image (0 = off).
     # Sites' cameras differ in colour response (data.site_shift imitates it); the jitter keeps the model from telling
     # a site, and with label skew a class, by its colour cast.
@@ -269,6 +275,11 @@ class TrainConfig:
         _require(0 <= self.colour_jitter < 1, f"{p}.colour_jitter", f"must be in [0, 1), got {self.colour_jitter}")
         _require(0 <= self.class_weight_power <= 2, f"{p}.class_weight_power",
                  f"must be in [0, 2], got {self.class_weight_power}")
+        if self.class_prior:
+            _require(self.class_balance == "logit_adjust", f"{p}.class_prior",
+                     f"is used only by class_balance: logit_adjust (here '{self.class_balance}')")
+            for i, v in enumerate(self.class_prior):
+                _require(math.isfinite(v) and v > 0, f"{p}.class_prior[{i}]", f"must be a share > 0, got {v}")
         for k in ("ssl_epochs", "finetune_epochs"):
             _require(getattr(self, k) >= 0, f"{p}.{k}", f"must be >= 0, got {getattr(self, k)}")
         _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{p}.device",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .augment import random_view
-from .config import Config
+from .config import Config, ConfigError
 from .data.images import ImageSet, to_float
 from .losses import barlow_twins_loss
 from .metrics import classification_metrics
@@ -141,6 +141,25 @@ def logit_adjustment(labels: Tensor, num_classes: int, tau: float) -> Tensor:
     return torch.where(counts > 0, tau * torch.log(counts / counts.sum()), torch.full_like(counts, -math.inf))
 
 
+def prior_adjustment(prior: tuple[float, ...], num_classes: int, tau: float) -> Tensor:
+    """tau·log(π_k) for the declared public prior `train.class_prior` (normalised here)."""
+    if len(prior) != num_classes:
+        raise ConfigError("train.class_prior", f"has {len(prior)} shares for {num_classes} classes")
+    p = torch.tensor(prior, dtype=torch.float32)
+    return tau * torch.log(p / p.sum())
+
+
+def logit_offset(cfg: Config, labels: Tensor, num_classes: int) -> Tensor | None:
+    """The fine-tuning logits' offset of `train.class_balance: logit_adjust`: from the public prior when one is
+    declared, else from the site's own labels; None for the other class-balance modes."""
+    t = cfg.train
+    if t.class_balance != "logit_adjust":
+        return None
+    if t.class_prior:
+        return prior_adjustment(t.class_prior, num_classes, t.class_weight_power)
+    return logit_adjustment(labels, num_classes, t.class_weight_power)
+
+
 def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epochs: int = 1,
                 max_batches: int | None = None, progress: tuple[float, float] = (0.0, 1.0),
                 generator: torch.Generator | None = None, device: torch.device | None = None,
@@ -167,8 +186,8 @@ def train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, *, epo
     weights = offset = None
     if phase == "finetune" and cfg.train.class_balance == "loss":
         weights = class_weights(data.labels, data.num_classes, cfg.train.class_weight_power).to(device)
-    if phase == "finetune" and cfg.train.class_balance == "logit_adjust":
-        offset = logit_adjustment(data.labels, data.num_classes, cfg.train.class_weight_power).to(device)
+    if phase == "finetune" and (adjust := logit_offset(cfg, data.labels, data.num_classes)) is not None:
+        offset = adjust.to(device)
     names = loss_names(cfg)
     sums = np.zeros(len(names))
     done = 0

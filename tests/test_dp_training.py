@@ -280,6 +280,30 @@ def test_one_dp_batch_end_to_end_clips_every_sample_and_reports_the_mechanism(ph
     assert ("loss" in metrics) == (phase == "ssl")  # fine-tune losses are computed on raw batches: not sent
 
 
+def test_a_public_class_prior_adjusts_the_dp_logits_and_the_site_counts_never_do():
+    """Under DP, logit_adjust applies only with a declared prior (train.class_prior): the same Poisson draws then give
+    other per-sample gradients, and the result says which class balance applied; from the site's own counts it does
+    not apply at all (the same gradients as plain cross-entropy)."""
+    data = tiny_data()
+    dp = DPSettings(noise_multiplier=1.0, max_grad_norm=10.0)
+
+    def norms(**train):
+        cfg = tiny_cfg(train=train)
+        records = []
+        result = dp_train_local(tiny_model(cfg, seed=3), data, "finetune", cfg, dp, max_batches=1,
+                                generator=torch.Generator().manual_seed(8), observer=records.append)
+        return [r.per_sample_norms for r in records], result.details["class_balance"]
+
+    plain, plain_text = norms(class_balance="none")
+    own_counts, own_text = norms(class_balance="logit_adjust")
+    prior, prior_text = norms(class_balance="logit_adjust", class_prior=[0.8, 0.15, 0.05])
+    assert plain_text == own_text == "not applied under DP (Poisson sampling)"
+    assert prior_text == "logit adjustment by the public prior train.class_prior"
+    assert all(torch.equal(a, b) for a, b in zip(plain, own_counts))
+    assert [len(a) for a in prior] == [len(a) for a in plain] and sum(len(a) for a in plain) > 0
+    assert not all(torch.allclose(a, b) for a, b in zip(plain, prior))
+
+
 @pytest.mark.parametrize("phase", ["finetune", "ssl"])
 def test_four_steps_on_one_batch_are_never_four_independent_steps(phase):
     for sigma in (0.5, 1.0, 3.0):

@@ -40,6 +40,27 @@ def test_the_sampler_draws_classes_equally_at_power_1_and_by_sqrt_n_at_power_hal
     np.testing.assert_allclose(drawn[2], np.array(counts) / sum(counts), atol=0.01)
 
 
+def test_a_declared_class_prior_replaces_the_site_counts_and_is_checked():
+    from fgssl.config import ConfigError, config_from_dict
+    from fgssl.train import logit_offset
+
+    from .conftest import TINY
+
+    labels = torch.tensor([0, 0, 0, 1])  # class 2 absent: its own counts would give -inf
+    cfg = config_from_dict({**TINY, "train": {"class_balance": "logit_adjust", "class_weight_power": 0.5,
+                                              "class_prior": [2, 1, 1]}})
+    assert torch.allclose(logit_offset(cfg, labels, 3), 0.5 * torch.log(torch.tensor([0.5, 0.25, 0.25])))
+    own = config_from_dict({**TINY, "train": {"class_balance": "logit_adjust"}})
+    assert logit_offset(own, labels, 3)[2] == -float("inf")
+    assert logit_offset(config_from_dict(TINY), labels, 3) is None  # the sampler: no offset
+    with pytest.raises(ConfigError, match=r"train.class_prior.*3 shares for 4 classes"):
+        logit_offset(cfg, labels, 4)
+    with pytest.raises(ConfigError, match=r"train.class_prior.*only by class_balance: logit_adjust"):
+        config_from_dict({**TINY, "train": {"class_prior": [1, 1, 1]}})
+    with pytest.raises(ConfigError, match=r"train.class_prior\[1\].*share > 0"):
+        config_from_dict({**TINY, "train": {"class_balance": "logit_adjust", "class_prior": [1, 0, 1]}})
+
+
 def test_logit_adjustment_adds_tau_log_prior_and_leaves_a_class_the_site_lacks_untouched():
     """class_balance=logit_adjust: CE on logits + tau·log p_k. A class absent from the site's labels gets no gradient
     at all (its classifier rows only decay), where plain cross-entropy pushes it down."""

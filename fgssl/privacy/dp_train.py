@@ -39,7 +39,7 @@ from ..data.images import ImageSet, to_float
 from ..model import FGSSLNet
 from ..phases import check_phase
 from ..recipe import LOSS_NAMES, STEPS_PER_BATCH, check_finite, planned_batches, progressive_steps, set_learning_rate
-from ..train import BatchCallback, LocalResult, make_optimizer, train_mode
+from ..train import BatchCallback, LocalResult, make_optimizer, prior_adjustment, train_mode
 from .accounting import Mechanism, compose_same_batch, same_batch_steps_sigma
 from .ssl_surrogate import per_sample_normalize, release_direction, surrogate_per_sample
 
@@ -347,9 +347,11 @@ class DPStepper:
             p.grad = None
 
     def finetune_step(self, branch: int, x: Tensor, y: Tensor, weight: float = 1.0,
-                      indices: Tensor | None = None) -> float | None:
-        """One DP-SGD step on Σ_i weight·CE(cls_branch(x_i), y_i). Returns the batch's mean CE times weight, or None
-        for an empty batch. That loss is NOT private (computed on the raw batch): log it locally, do not send it."""
+                      indices: Tensor | None = None, logit_offset: Tensor | None = None) -> float | None:
+        """One DP-SGD step on Σ_i weight·CE(cls_branch(x_i) + logit_offset, y_i); the offset must be public (it is
+        the same for every sample, so each sample's loss still depends on that sample alone). Returns the batch's
+        mean CE times weight, or None for an empty batch. That loss is NOT private (computed on the raw batch): log
+        it locally, do not send it."""
         if self.phase != "finetune":
             raise RuntimeError("this stepper was built for the 'ssl' phase")
         self.branch_parameters(branch, tuple(x.shape))
@@ -358,6 +360,8 @@ class DPStepper:
         n = x.shape[0]
         if n > 0:
             logits = self.grads(x, (branch,)).logits[branch]
+            if logit_offset is not None:
+                logits = logits + logit_offset
             per_sample = weight * F.cross_entropy(logits, y, reduction="none")
             self.grads.backward(per_sample.sum())
             loss_value = float(per_sample.detach().mean())
@@ -439,9 +443,10 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
     `generator` drives batch sampling, augmentation, jigsaw and noise; it must live on the model's device and must be
     secret (None: seeded from OS entropy). Returns a DPLocalResult whose `.mechanism` is what to account.
 
-    Batches are always Poisson samples and `train.class_balance` is not applied: class-balanced draws, loss weights
-    and logit adjustment all depend on private class counts, and the draws are not the sampling the accountant
-    assumes; details["class_balance"] says so.
+    Batches are always Poisson samples and `train.class_balance` is not applied from the site's own labels:
+    class-balanced draws, loss weights and logit adjustment by the site's counts all depend on private class counts,
+    and the draws are not the sampling the accountant assumes. The one exception is logit adjustment by a declared
+    public prior (`train.class_prior`), which depends on no image; details["class_balance"] says which applied.
     """
     check_phase(phase)
     if dp.noise_multiplier <= 0 or (phase == "ssl" and dp.statistic_noise_multiplier <= 0):
@@ -474,6 +479,10 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
 
     stepper = DPStepper(model, optimizer, dp, phase=phase, expected_batch_size=b_exp, generator=gen,
                         observer=observer)
+    t = cfg.train
+    public_prior = phase == "finetune" and t.class_balance == "logit_adjust" and bool(t.class_prior)
+    offset = prior_adjustment(t.class_prior, data.num_classes, t.class_weight_power).to(device) if public_prior \
+        else None
     done = 0
     c = cfg.train.colour_jitter
     try:
@@ -493,7 +502,7 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
                 else:
                     view = random_view(x, gen, colour=c) if nonempty else x
                     loss = stepper.finetune_step(step.branch, step.view(view, gen), y, weight=step.weight,
-                                                 indices=idx)
+                                                 indices=idx, logit_offset=offset)
                 losses.append(loss)
             check_finite(losses, phase, done + 1, "lower the learning rate or max_grad_norm")
             for i, v in enumerate(losses):
@@ -514,7 +523,8 @@ def dp_train_local(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, dp:
     mech = dp.mechanism(phase, q, done)
     return DPLocalResult(phase, done, done * STEPS_PER_BATCH, counted, result, mechanism=mech, sample_rate=q,
                          expected_batch_size=b_exp, empty_batches=empty, losses_are_private=phase == "ssl",
-                         details={"class_balance": "not applied under DP (Poisson sampling)",
+                         details={"class_balance": ("logit adjustment by the public prior train.class_prior"
+                                                    if public_prior else "not applied under DP (Poisson sampling)"),
                                   "batch_reuse": dp.batch_reuse, "grad_sample_mode": dp.grad_sample_mode,
                                   "noise_multiplier": dp.noise_multiplier, "max_grad_norm": dp.max_grad_norm,
                                   "statistic_noise_multiplier": dp.statistic_noise_multiplier if phase == "ssl" else None,
