@@ -18,8 +18,9 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PR_SET_CHILD_SUBREAPER = 36
@@ -39,6 +40,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def stop_on_signals() -> None:
     """Ctrl-C (SIGINT) and SIGTERM (`docker stop`, kill) both raise KeyboardInterrupt, whose handler cleans up.
 
@@ -46,10 +51,26 @@ def stop_on_signals() -> None:
     in a script, nohup) inherits SIGINT as *ignored*, and Python then installs no handler, so Ctrl-C by pid would
     do nothing and the command would run on until SIGKILLed.
     """
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """`stop_on_signals` while inside, the previous handlers restored after: for a command that runs children one at
+    a time (a sweep's or a study's runs), whose own clean-up stops the running child. Without it SIGTERM ended the
+    command at once and left its child simulation running. Only the main thread can set handlers; elsewhere
+    nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stop_on_signals()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
 
 
 def become_subreaper() -> bool:

@@ -33,6 +33,7 @@ from fgssl.config import Config, ConfigError, load_config
 from fgssl.rundir import RunDir, RunFileError, SavedRun, read_json_object
 from simulations import DEFAULT_CONFIG
 
+from cli.deploy.processes import signals_interrupt
 from cli.errors import UserError
 from cli.progress import Output
 from cli.reports.run_files import finite_or_none
@@ -190,7 +191,8 @@ def execute(run: Run, run_dir: Path, config_path: Path, resume: bool, log_path: 
         log.flush()
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
-            rc = proc.wait()
+            with signals_interrupt():  # SIGTERM too
+                rc = proc.wait()
         except BaseException:  # Ctrl-C: do not leave a training run behind
             proc.terminate()
             try:

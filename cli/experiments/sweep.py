@@ -26,6 +26,8 @@ import yaml
 from fgssl.config import Config, ConfigError, load_config, parse_overrides
 from fgssl.rundir import RunDir, RunFileError, read_json_object
 
+from cli.deploy.processes import signals_interrupt
+
 
 SPEC_KEYS = ("config", "set", "epsilons", "alphas", "seeds", "out")
 NO_DP_WORDS = ("inf", "+inf", "infinity", "∞", "none")
@@ -368,17 +370,18 @@ def run_cell(cell_dir: Path, config_path: Path | None, log_path: Path,
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
         try:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                event = _parse_event(line)
-                if event is None:
-                    log.write(line)
-                    log.flush()
-                    continue
-                if event["event"] == "error":
-                    error = str(event.get("message", "")).removeprefix("error: ")
-                on_event(event)
-            rc = proc.wait()
-        except BaseException:  # Ctrl-C or a bug here: do not leave a simulation running behind the sweep
+            with signals_interrupt():  # SIGTERM too
+                for line in proc.stdout:
+                    event = _parse_event(line)
+                    if event is None:
+                        log.write(line)
+                        log.flush()
+                        continue
+                    if event["event"] == "error":
+                        error = str(event.get("message", "")).removeprefix("error: ")
+                    on_event(event)
+                rc = proc.wait()
+        except BaseException:  # Ctrl-C, SIGTERM or a bug here: do not leave a simulation running behind the sweep
             proc.terminate()
             try:
                 proc.wait(timeout=30)
