@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,3 +50,25 @@ def pids_mentioning(fragment: str) -> list[int]:
             except OSError:
                 pass
     return pids
+
+
+def sigterm_stops_child(command: subprocess.Popen, ready: Path, child: str) -> None:
+    """Once `ready` exists (the command's child is at work), SIGTERM the command: it must exit non-zero within 60 s
+    and leave no process mentioning `child` after 30 s more. Kills whatever is left either way."""
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert command.poll() is None and time.monotonic() < deadline, f"{ready} never appeared"
+            time.sleep(0.2)
+        assert pids_mentioning(child), f"no process mentions {child}"
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=60) != 0
+        deadline = time.monotonic() + 30
+        while left := pids_mentioning(child):
+            assert time.monotonic() < deadline, f"{child}'s process outlived the command: {left}"
+            time.sleep(0.2)
+    finally:
+        if command.poll() is None:
+            command.kill()
+        for pid in pids_mentioning(child):
+            os.kill(pid, signal.SIGKILL)

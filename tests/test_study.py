@@ -53,36 +53,17 @@ def test_study_runs_every_arm_and_seed_then_skips_what_is_finished(tmp_path):
 @pytest.mark.slow
 def test_sigterm_stops_the_study_and_the_run_it_is_running(tmp_path):
     """As for `fgssl sweep`: SIGTERM stops the running child as Ctrl-C does, instead of leaving it to train on."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
-    from ._procs import pids_mentioning
+    from ._procs import sigterm_stops_child
 
     long_train = [*TINY_TRAIN[:-2], "train.ssl_epochs=0", "train.finetune_epochs=200"]
     exp, out = _experiment(tmp_path, {"long": {"command": "train", "set": long_train}}), tmp_path / "study"
     study = subprocess.Popen([sys.executable, "-m", "cli.main", "study", exp, "--out", str(out), "--quiet"],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run = str(out / "runs" / "long-seed0")
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "runs" / "long-seed0" / "config.yaml").exists():  # the child is training
-            assert study.poll() is None and time.monotonic() < deadline, "the first run never started"
-            time.sleep(0.2)
-        assert pids_mentioning(run)
-        study.send_signal(signal.SIGTERM)
-        assert study.wait(timeout=60) != 0
-        deadline = time.monotonic() + 30
-        while left := pids_mentioning(run):
-            assert time.monotonic() < deadline, f"the run outlived the study: {left}"
-            time.sleep(0.2)
-    finally:
-        if study.poll() is None:
-            study.kill()
-        for pid in pids_mentioning(str(out)):
-            os.kill(pid, signal.SIGKILL)
+    run = out / "runs" / "long-seed0"
+    sigterm_stops_child(study, run / "config.yaml", str(run))
 
 
 def test_the_tables_written_after_each_run_cover_the_whole_file(tmp_path, monkeypatch):

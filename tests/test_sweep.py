@@ -3,7 +3,6 @@
 import csv
 import json
 import math
-import os
 import time
 
 import numpy as np
@@ -183,36 +182,19 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path)
 def test_sigterm_stops_the_sweep_and_the_simulation_it_is_running(tiny_config, tmp_path):
     """`kill <sweep pid>` (a scheduler, `timeout`): the sweep stops its running cell's simulation as on Ctrl-C; it
     used to die at once and leave the simulation running on."""
-    import signal
     import subprocess
     import sys
 
-    from ._procs import pids_mentioning
+    from ._procs import sigterm_stops_child
 
     cfg = tiny_config(federation={"ssl_rounds": 0, "finetune_rounds": 30})
     out = tmp_path / "out"
     sweep = subprocess.Popen([sys.executable, "-m", "cli.main", "sweep", "--config", str(cfg), "--epsilons", "inf",
                               "--seeds", "0", "1", "--out", str(out), "--quiet"], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    cell = str(out / "cells" / "epsinf-seed0")
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "cells" / "epsinf-seed0" / "partition.json").exists():  # the child is simulating
-            assert sweep.poll() is None and time.monotonic() < deadline, "the first cell never started"
-            time.sleep(0.2)
-        assert pids_mentioning(cell)
-        sweep.send_signal(signal.SIGTERM)
-        assert sweep.wait(timeout=60) != 0
-        deadline = time.monotonic() + 30
-        while left := pids_mentioning(cell):
-            assert time.monotonic() < deadline, f"the cell's simulation outlived the sweep: {left}"
-            time.sleep(0.2)
-        assert not (out / "cells" / "epsinf-seed1").exists()  # nothing after the stopped cell started
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-        for pid in pids_mentioning(str(out)):
-            os.kill(pid, signal.SIGKILL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cell = out / "cells" / "epsinf-seed0"
+    sigterm_stops_child(sweep, cell / "partition.json", str(cell))
+    assert not (out / "cells" / "epsinf-seed1").exists()  # nothing after the stopped cell started
 
 
 @pytest.mark.parametrize("args, message", [
