@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path-column", help="folder datasets: CSV column with image paths (default: image)")
     p.add_argument("--label-column", help="folder datasets: CSV column with labels (default: label)")
     p.add_argument("--group-column", help="folder datasets: CSV column with patient/lesion ids (optional)")
+    p.add_argument("--site-column", help="folder datasets: CSV column with each image's acquisition site, for "
+                                         "partition.method=natural (optional)")
     p.add_argument("--classes", help="folder datasets: comma-separated class order (default: sorted labels)")
     p.add_argument("--workers", type=int, default=0,
                    help="decoding threads (default: 0 = one per CPU core, at most 8)")
@@ -46,7 +48,8 @@ def _data_config(args: argparse.Namespace):
     cfg = load_config(args.config, args.overrides)
     flags = {"dataset": args.dataset, "root": args.root, "image_size": args.size, "cache_dir": args.out,
              "resize": args.resize, "csv": args.csv, "path_column": args.path_column,
-             "label_column": args.label_column, "group_column": args.group_column}
+             "label_column": args.label_column, "group_column": args.group_column,
+             "site_column": args.site_column}
     changes = {k: v for k, v in flags.items() if v is not None}
     if args.skip_bad_images:
         changes["skip_bad_images"] = True

@@ -73,6 +73,9 @@ class DataConfig:
     path_column: str = "image"
     label_column: str = "label"
     group_column: str | None = None
+    # dataset=folder only: an optional column naming each image's acquisition site (hospital, scanner), which
+    # partition.method=natural makes one simulated site each.
+    site_column: str | None = None
     class_names: tuple[str, ...] = ()
 
     def validate(self, p: str) -> None:
@@ -101,7 +104,12 @@ class DataConfig:
                      f"must differ from data.path_column ('{self.path_column}')")
             _require(self.group_column is None or self.group_column not in (self.path_column, self.label_column),
                      f"{p}.group_column", "must differ from data.path_column and data.label_column")
+            _require(self.site_column is None or self.site_column not in (self.path_column, self.label_column,
+                                                                          self.group_column),
+                     f"{p}.site_column", "must differ from data.path_column, data.label_column and data.group_column")
         else:
+            _require(self.site_column is None, f"{p}.site_column", f"only used by dataset 'folder' ('{self.dataset}' "
+                     "reads its sites from its own metadata, if it has any)")
             _require(not self.class_names, f"{p}.class_names", f"only used by dataset 'folder' ('{self.dataset}' "
                      "has fixed classes)")
         for i, c in enumerate(self.class_names):

@@ -216,8 +216,9 @@ def partition(labels: np.ndarray, sites: int, cfg: PartitionConfig, seed: int,
     if cfg.method == "natural":
         if groups is None:
             raise ConfigError("partition.method",
-                              "'natural' needs a per-sample acquisition site (e.g. HAM10000's `dataset` column), "
-                              "which this data set does not provide; choose iid, dirichlet, pathological or quantity")
+                              "'natural' needs a per-sample acquisition site (e.g. HAM10000's `dataset` column, or "
+                              "a folder data set's data.site_column), which this data set does not provide; choose "
+                              "iid, dirichlet, pathological or quantity")
         if len(groups) != len(labels):
             raise ValueError(f"{len(groups)} group labels for {len(labels)} samples")
         return natural(groups, sites, seed)

@@ -18,6 +18,8 @@ TINY = {
     "train": {"batch_size": 16},
     "partition": {"method": "iid"},
     "federation": {"sites": 2, "ssl_rounds": 1, "finetune_rounds": 1, "max_local_batches": 2, "min_nodes": 1},
+    # One Ray actor: each actor imports torch and Flower (about 7 CPU seconds), far more than the tiny sites' work.
+    "simulation": {"total_cpus": 1},
 }
 
 

@@ -47,7 +47,7 @@ def test_a_killed_coordinator_leaves_no_superlink_and_resumes_the_run(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(merge(TINY, {
         "federation": {"sites": 2, "min_nodes": 2, "ssl_rounds": 1, "finetune_rounds": 1, "round_timeout_s": 300},
-        "privacy": {"mode": "sample"}})))
+        "privacy": {"mode": "sample", "noise_multiplier": 1.0}})))  # a fixed σ: calibration is tested elsewhere
     port, run_dir = _free_port(), tmp_path / "run"
     serve_args = ["--certs", str(certs.out), "--address", f"127.0.0.1:{port}"]
     serve = Proc([*FGSSL, "serve", *serve_args, "--durable", "--config", str(config), "--out", str(run_dir), "--quiet"],

@@ -381,6 +381,37 @@ def test_folder_dataset_sorted_and_explicit_classes_and_groups(tmp_path):
     assert e.value.key == "data.label_column"
 
 
+def test_a_folder_site_column_gives_the_natural_partition_its_sites(tmp_path):
+    """data.site_column: each image's acquisition site, kept in the cache, one simulated site each (largest first);
+    an image without a site stops with its row; the key belongs to folder data sets only."""
+    from simulations.partition import compute_partition
+
+    root = tmp_path / "f"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(14):
+        write_image(root / "img" / f"im{i}", "rgb_jpeg", (20, 20), seed=i)
+        rows.append([f"img/im{i}.jpg", "ab"[i % 2], ["north", "south", "west"][min(i // 6, 2)]])
+    write_csv(root / "labels.csv", ["file", "dx", "hospital"], rows)
+    data = {"dataset": "folder", "root": str(root), "csv": "labels.csv", "path_column": "file", "label_column": "dx",
+            "site_column": "hospital", "cache_dir": str(tmp_path / "cache"), "image_size": SIZE}
+    cfg = config_from_dict({"data": data, "partition": {"method": "natural"}, "federation": {"sites": 3}})
+    pool, parts, record = compute_partition(cfg)
+    assert [s["name"] for s in record["sites"]] == ["north", "south", "west"]
+    assert [sorted(p.tolist()) for p in parts] == [list(range(6)), list(range(6, 12)), [12, 13]]
+    assert load_cache(cache_path(cfg.data)).sites.tolist() == [r[2] for r in rows]
+    # without the column the folder has no sites: natural says what would give them
+    with pytest.raises(ConfigError, match="data.site_column"):
+        compute_partition(config_from_dict({"data": {**data, "site_column": None}, "partition": {"method": "natural"},
+                                            "federation": {"sites": 3}}))
+    rows[4][2] = ""
+    write_csv(root / "labels.csv", ["file", "dx", "hospital"], rows)
+    with raises_naming("labels.csv line 6", "empty hospital", "data.site_column"):
+        prepare(cfg.data, progress=False)
+    with pytest.raises(ConfigError, match="data.site_column"):
+        cfg_for("isic2018", root, tmp_path, site_column="hospital")
+
+
 # ------------------------------------------------------------------------------------------------- the cache
 
 
@@ -766,10 +797,13 @@ def test_prepare_command_skips_and_folder_options(tmp_path, capsys):
     f.mkdir()
     for i in range(4):
         write_image(f / f"a{i}", "rgb_jpeg", (30, 20), seed=i)
-    write_csv(f / "meta.csv", ["path", "y"], [[f"a{i}.jpg", "xy"[i % 2]] for i in range(4)])
+    write_csv(f / "meta.csv", ["path", "y", "where"], [[f"a{i}.jpg", "xy"[i % 2], f"h{i // 2}"] for i in range(4)])
     assert fgssl(["prepare", "--dataset", "folder", "--root", str(f), "--csv", "meta.csv", "--path-column", "path",
-                  "--label-column", "y", "--classes", "y,x", "--out", str(tmp_path / "c"), "--quiet"]) == 0
+                  "--label-column", "y", "--classes", "y,x", "--site-column", "where", "--out", str(tmp_path / "c"),
+                  "--quiet"]) == 0
     assert "2 classes (y 2, x 2)" in capsys.readouterr().out
+    (cache,) = [p for p in (tmp_path / "c").iterdir() if p.name.startswith("folder")]
+    assert load_cache(cache).sites.tolist() == ["h0", "h0", "h1", "h1"]
 
 
 def test_train_command_on_an_official_layout(tmp_path, tiny_config, capsys):

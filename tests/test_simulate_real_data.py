@@ -308,3 +308,51 @@ def test_real_isic2018_sample_simulates_two_sites(tmp_path):
     pool, parts, record = compute_partition(load_config(out / "config.yaml", ["partition.method=natural",
                                                                               f"federation.sites={len(names)}"]))
     assert sum(len(p) for p in parts) == 49 and {s["name"] for s in record["sites"]} == set(names)
+
+
+def test_a_held_out_site_is_a_data_set_of_its_own_whose_training_leaves_the_federation_finite(tmp_path, capsys):
+    """simulations/held_out_site.py: the public source of DP pretraining is one acquisition site, written as its own
+    folder data set: lesion-disjoint from the federation's, another content key and ledger, so its training without
+    DP marks only itself unbounded and its weights pass the provenance check; a site sharing a lesion is refused."""
+    from fgssl.privacy.data_ledger import data_ledger_ref, lifetime, record_training_without_dp
+    from fgssl.data.cache import prepare
+    from simulations.held_out_site import main
+
+    root = tmp_path / "isic"
+    rows = make_tiny_isic2018(root)
+    out = tmp_path / "held-out"
+    assert main(["--root", str(root), "--public", "vienna_dias", "--out", str(out)]) == 0
+    public, federation = (list(csv.DictReader(open(out / name))) for name in ("public.csv", "federation.csv"))
+    assert sorted(r["image"] for r in public) == sorted(f"{ISIC2018_IMAGES}/{r['id']}.jpg" for r in rows
+                                                        if r["site"] == "vienna_dias")
+    assert len(public) + len(federation) == len(rows) and {r["site"] for r in federation} == {"vidir_molemax",
+                                                                                             "rosendahl"}
+    assert not {r["lesion"] for r in public} & {r["lesion"] for r in federation}
+    configs = {name: load_config(out / f"{name}.yaml", [f"model.weights={root / ISIC2018_CSV}"] if name == "dp" else
+                                 []) for name in ("public", "dp")}
+    assert configs["public"].data.csv == str((out / "public.csv").resolve())
+    assert configs["dp"].data.csv == str((out / "federation.csv").resolve()) and configs["dp"].privacy.mode == "sample"
+    assert "public/model.safetensors" in (out / "dp.yaml").read_text()
+
+    refs = {}
+    for name in ("public", "dp"):
+        cfg = load_config(out / f"{name}.yaml", [f"data.cache_dir={tmp_path / 'cache'}", "data.image_size=16",
+                                                 "model.weights=null", "partition.method=natural",
+                                                 "federation.sites=2"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            refs[name] = data_ledger_ref(cfg, prepare(cfg.data, progress=False).path)
+    assert refs["public"].key != refs["dp"].key
+    record_training_without_dp(refs["public"], run="public@1", what="centralised training (fgssl train)")
+    assert lifetime(refs["public"]).unprotected is not None
+    assert lifetime(refs["dp"]).unprotected is None and lifetime(refs["dp"]).related == []
+
+    # a lesion with images at two sites: holding either out is refused, naming the lesion
+    meta = (root / HAM10000_METADATA).read_text().splitlines()
+    moved = next(i for i, line in enumerate(meta) if line.startswith("HAM_0000002,"))  # lesion 2: 3 images
+    meta[moved] = meta[moved].replace("vidir_molemax", "vienna_dias")
+    (root / HAM10000_METADATA).write_text("\n".join(meta) + "\n")
+    capsys.readouterr()
+    assert main(["--root", str(root), "--public", "vienna_dias", "--out", str(tmp_path / "refused")]) == 2
+    assert "shares 1 lesion(s) with other sites (e.g. HAM_0000002)" in capsys.readouterr().err
+    assert not (tmp_path / "refused" / "public.csv").exists()

@@ -111,6 +111,8 @@ def _settings(cfg: DataConfig) -> dict[str, Any]:
     if cfg.dataset == "folder":
         s.update(csv=cfg.csv, path_column=cfg.path_column, label_column=cfg.label_column,
                  group_column=cfg.group_column, class_names=list(cfg.class_names))
+        if cfg.site_column:  # only when set, so that the caches built before the key existed keep their names
+            s["site_column"] = cfg.site_column
     return s
 
 

@@ -18,7 +18,8 @@ Layouts (`root` is the folder that holds these entries):
 - ``folder``: any image folder plus a CSV (``data.csv``, relative to root) whose ``data.path_column`` holds image
   paths relative to root and ``data.label_column`` string labels; classes are ``data.class_names`` when given,
   else the sorted distinct labels (numerically when all labels are integers). An optional ``data.group_column``
-  (patient or lesion id) makes splits group-aware.
+  (patient or lesion id) makes splits group-aware; an optional ``data.site_column`` names each image's acquisition
+  site (for ``partition.method: natural``).
 
 Work happens in two stages. `scan` reads and checks every label file and pairs each labelled id with its image
 file, decoding nothing; it is cheap and runs at every training start to tell whether the cache is still valid.
@@ -384,12 +385,13 @@ def _walk_images(root: Path) -> list[Path]:
 
 
 def scan_folder(root: Path, csv_name: str, path_column: str, label_column: str, group_column: str | None = None,
-                class_names: tuple[str, ...] = (), skip_missing: bool = False) -> Index:
+                class_names: tuple[str, ...] = (), skip_missing: bool = False,
+                site_column: str | None = None) -> Index:
     csv_path = Path(csv_name) if Path(csv_name).is_absolute() else root / csv_name
     header, rows = _read_csv(csv_path, "label file (data.csv)")
     col = {}
     for name, key in ((path_column, "data.path_column"), (label_column, "data.label_column"),
-                      (group_column, "data.group_column")):
+                      (group_column, "data.group_column"), (site_column, "data.site_column")):
         if name:
             col.update(_require_columns(csv_path, header, [name], key=key))
     if class_names:
@@ -418,13 +420,16 @@ def scan_folder(root: Path, csv_name: str, path_column: str, label_column: str, 
         group = f[col[group_column]] if group_column else ""
         if group_column and not group:
             raise DataError(f"{where}: empty {group_column}")
+        site = f[col[site_column]] if site_column else ""
+        if site_column and not site:
+            raise DataError(f"{where}: empty {site_column} (data.site_column): every image needs its site")
         if not path.is_file():
             if not skip_missing:
                 raise DataError(f"{where}: image file not found: {path}")
             missing.append(Skip(rel, str(path), f"no image file (labelled on {where})"))
             continue
         used.add(Path(key))
-        records.append(Record(rel, path, class_index[label], where, group=group))
+        records.append(Record(rel, path, class_index[label], where, group=group, site=site))
     index = Index("folder", root, classes, records, [csv_path], missing, has_groups=bool(group_column))
     unused = [p for p in _walk_images(root) if Path(os.path.normpath(p)) not in used]
     if unused:
@@ -453,7 +458,8 @@ def _scan(cfg: DataConfig) -> Index:
     elif cfg.dataset == "folder":
         if not cfg.csv:
             raise DataError("data.csv is required for data.dataset=folder", "data.csv")
-        index = scan_folder(root, cfg.csv, cfg.path_column, cfg.label_column, cfg.group_column, cfg.class_names, skip)
+        index = scan_folder(root, cfg.csv, cfg.path_column, cfg.label_column, cfg.group_column, cfg.class_names, skip,
+                            cfg.site_column)
     else:
         raise DataError(f"data.dataset={cfg.dataset} is not read from files", "data.dataset")
     if not index.records and not index.missing:
