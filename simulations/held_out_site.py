@@ -23,9 +23,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
+from fgssl.config import config_from_dict
 from fgssl.data.official import ISIC2018_CLASSES, scan_isic2018
 
-from .partition import HAM10000_SITES_FILE, read_ham10000_sites
+from .partition import cached_sites
 
 COLUMNS = ("image", "label", "lesion", "site")
 
@@ -34,21 +37,18 @@ def split_by_site(root: Path, public: str) -> tuple[list[tuple[str, ...]], list[
     """The rows (image path relative to root, class, lesion, site) of the held-out site and of the others; raises
     ValueError naming the lesions when the held-out site shares a lesion with another site."""
     index = scan_isic2018(root, False)
-    # the `dataset` column of HAM10000_metadata.csv when it has one, else the table beside it (as `natural` reads them)
-    site_of = {r.id: r.site for r in index.records if r.site}
-    if len(site_of) < len(index.records):
-        site_of = read_ham10000_sites(root / HAM10000_SITES_FILE)
+    # where `partition.method: natural` reads them: HAM10000_metadata.csv's `dataset` column, else the sites table
+    sites = cached_sites(config_from_dict({"data": {"dataset": "isic2018", "root": str(root)}}),
+                         np.array([r.id for r in index.records]), np.array([r.site for r in index.records]))
     rows = []
-    for r in index.records:
-        if r.id not in site_of:
-            raise ValueError(f"{root / HAM10000_SITES_FILE}: no site for image {r.id}")
+    for r, site in zip(index.records, sites):
         if not r.group:
             raise ValueError(f"{r.where}: image {r.id} has no lesion id (HAM10000_metadata.csv), so lesion-disjointness "
                              "cannot be checked")
-        rows.append((str(r.path.relative_to(root)), ISIC2018_CLASSES[r.label], r.group, site_of[r.id]))
-    sites = Counter(row[3] for row in rows)
-    if public not in sites:
-        raise ValueError(f"no site {public!r} in {root / HAM10000_SITES_FILE} (sites: {', '.join(sorted(sites))})")
+        rows.append((str(r.path.relative_to(root)), ISIC2018_CLASSES[r.label], r.group, str(site)))
+    names = Counter(row[3] for row in rows)
+    if public not in names:
+        raise ValueError(f"no site {public!r} in {root} (sites: {', '.join(sorted(names))})")
     held = [row for row in rows if row[3] == public]
     rest = [row for row in rows if row[3] != public]
     shared = sorted({row[2] for row in held} & {row[2] for row in rest})
