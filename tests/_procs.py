@@ -52,6 +52,17 @@ def pids_mentioning(fragment: str) -> list[int]:
     return pids
 
 
+def log_tails(root: Path, chars: int = 1500) -> str:
+    """The end of every log a federation under `root` wrote (commands' output, SuperLink, SuperNodes, ClientApps,
+    `flwr run`): what a failed wait shows, so that a stall seen only in CI can be read from its output."""
+    parts = []
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".out", ".log") and path.is_file():
+            text = path.read_text(errors="replace")
+            parts.append(f"--- {path.relative_to(root)} ({len(text)} chars) ---\n{text[-chars:]}")
+    return "\n".join(parts)
+
+
 def sigterm_stops_child(command: subprocess.Popen, ready: Path, child: str) -> None:
     """Once `ready` exists (the command's child is at work), SIGTERM the command: it must exit non-zero within 60 s
     and leave no process mentioning `child` after 30 s more. Kills whatever is left either way."""

@@ -17,6 +17,7 @@ import yaml
 from cli.deploy.certs import generate
 from fgssl.privacy.ledger import DEFAULT_FILENAME, PrivacyLedger
 
+from ._procs import log_tails
 from .conftest import TINY, merge
 from .test_deployment import FGSSL, Proc, _env, _free_port, _kill_leftovers, _node_args, _pids_mentioning
 
@@ -60,7 +61,7 @@ def test_a_killed_coordinator_leaves_no_superlink_and_resumes_the_run(tmp_path):
         state = run_dir / "checkpoint" / "state.json"
         deadline = time.monotonic() + 300
         while not (state.exists() and json.loads(state.read_text())["round"] >= 1):
-            assert serve.popen.poll() is None and time.monotonic() < deadline, serve.text[-3000:]
+            assert serve.popen.poll() is None and time.monotonic() < deadline, log_tails(tmp_path)
             time.sleep(0.2)
         before = _released_epsilons((run_dir / "metrics.jsonl").read_text())
         os.kill(serve.popen.pid, signal.SIGKILL)  # no clean-up runs: only the children's parent-death signal
