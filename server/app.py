@@ -58,16 +58,19 @@ def initial_global(cfg: Config, num_classes: int) -> dict[str, np.ndarray]:
 
 
 def wait_for_sites(grid: Grid, count: int, timeout: float, say: Callable[[str], None] | None = None,
-                   poll: float = 1.0, retry_after: float = 5.0) -> dict[int, int]:
+                   poll: float = 1.0, retry_after: float = 5.0, answer_within: float = 30.0) -> dict[int, int]:
     """Map site id -> Flower node id (node ids are random per run; site ids are stable).
 
     A node that fails the handshake (it died while connecting: the SuperLink still lists it until its heartbeat
     times out) is asked again `retry_after` seconds later: with node authentication the same hospital started
-    again comes back under the same node id, without it under a new one.
+    again comes back under the same node id, without it under a new one. A node whose answer does not come within
+    `answer_within` seconds (doubling with each silence) is asked again too: Flower drops a reply whose upload
+    failed, and one lost answer must not hold the whole federation until `timeout`.
     """
     deadline = time.time() + timeout
     sites: dict[int, int] = {}
     failed: dict[int, tuple[str, float]] = {}  # node -> (reason, when)
+    silences: dict[int, int] = {}  # node -> handshakes it let pass without an answer
     while len(sites) < count:
         now = time.time()
         ids = [n for n in grid.get_node_ids()
@@ -80,7 +83,14 @@ def wait_for_sites(grid: Grid, count: int, timeout: float, say: Callable[[str], 
             time.sleep(0.1)
             continue
         queries = {n: Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in ids}
-        got = exchange(grid, queries, timeout=max(1.0, deadline - time.time()), reask_after=None)
+        wait = answer_within * 2 ** max((silences.get(n, 0) for n in ids), default=0)
+        got = exchange(grid, queries, timeout=max(1.0, min(wait, deadline - time.time())), reask_after=None)
+        for node in set(ids) - set(got.replies):
+            silences[node] = silences.get(node, 0) + 1
+            reason = f"no answer within {wait:.0f} s"
+            if say is not None and node not in failed:
+                say(f"node {node} gave the handshake {reason}; asking it again and waiting for the others")
+            failed[node] = (reason, 0.0)  # asked again at once: nothing suggests it is down
         for node, r in got.replies.items():
             if r.has_error():
                 if say is not None and node not in failed:

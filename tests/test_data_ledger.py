@@ -27,14 +27,15 @@ from .conftest import REPO, TINY, merge
 DELTA = 1e-5
 
 
-def make_folder(root: Path, n: int = 40, drop: int | None = None, prefix: str = "") -> Path:
-    """n small PNGs in two classes, with a lesion column (groups of 1-3 images); row `drop` left out of the CSV."""
+def make_folder(root: Path, n: int = 40, drop: int | None = None, prefix: str = "", tone: int = 0) -> Path:
+    """n small PNGs in two classes, with a lesion column (groups of 1-3 images); row `drop` left out of the CSV;
+    `tone` shifts every pixel (other content, so other images to a ledger that compares files)."""
     (root / "img").mkdir(parents=True, exist_ok=True)
     rows = ["image,label,lesion"]
     for i in range(n):
         path = root / "img" / f"{prefix}{i:03d}.png"
         if not path.exists():
-            pixels = np.full((12, 12, 3), 40 + 5 * i, dtype=np.uint8)
+            pixels = np.full((12, 12, 3), 40 + 5 * i + tone, dtype=np.uint8)
             pixels[..., i % 3] = 200 if i % 2 else 60
             Image.fromarray(pixels).save(path)
         if i != drop:
@@ -165,14 +166,25 @@ def test_a_data_set_that_shares_images_with_another_inherits_its_history(tmp_pat
     assert smaller.key != full.key and smaller.path != full.path
     life = lifetime(smaller)
     assert life.related == [full.path] and life.epsilon == float("inf") and life.unprotected.run_id == "central@1"
-    # images are known by their ids (a folder's CSV paths): another data set with other file names shares nothing
-    other = ref_of(folder_config(make_folder(tmp_path / "other", n=10, prefix="x"), tmp_path / "cache"))
+    # the same files under other names (another loader's ids) are the same images: known by their content too
+    copy = tmp_path / "copy"
+    (copy / "renamed").mkdir(parents=True)
+    for png in sorted((root / "img").glob("*.png"))[:5]:
+        (copy / "renamed" / f"r{png.name}").write_bytes(png.read_bytes())
+    rows = "".join(f"renamed/r{i:03d}.png,{'ab'[i % 2]}\n" for i in range(5))
+    (copy / "labels.csv").write_text("image,label\n" + rows)
+    renamed = ref_of(merge(folder_config(copy, tmp_path / "cache"), {"data": {"group_column": None}}))
+    assert lifetime(renamed).unprotected.run_id == "central@1" and full.path in lifetime(renamed).related
+    # another data set with other files shares nothing
+    other = ref_of(folder_config(make_folder(tmp_path / "other", n=10, prefix="x", tone=1), tmp_path / "cache"))
     with PrivacyLedger(tmp_path / "other-site") as own:  # a data set that shares nothing is not affected
         own.commit(own.reserve(Mechanism(sample_rate=0.5, noise_multiplier=2.0, steps=3), run_id="r", round=1,
                                phase="finetune", delta=DELTA))
         copy_to_data_ledger(other, own, run="r@3", site=0)
     assert content_key(load_cache(other.cache)) == other.key
     assert lifetime(other).related == [] and 0 < lifetime(other).epsilon < float("inf")
+    with PrivacyLedger(other.path, readonly=True) as ledger:
+        assert len(ledger.image_digests()) == 10 and len(ledger.image_ids()) == 10
 
 
 def test_two_processes_write_the_same_data_ledger(tmp_path):

@@ -140,3 +140,37 @@ def test_a_restarted_node_under_the_same_id_is_asked_again_and_joins():
     grid, said = AuthenticatedHandshakeGrid(), []
     assert wait_for_sites(grid, 3, timeout=10, say=said.append, poll=0.05, retry_after=0.2) == {0: 10, 1: 11, 2: 12}
     assert grid.asked.count(11) == 2 and len(said) == 1 and "asking it again" in said[0]
+
+
+class LosingHandshakeGrid(HandshakeGrid):
+    """Node 12's first `losses` answers are lost on their way up (Flower drops a reply whose upload failed, without
+    an error)."""
+
+    def __init__(self, losses: int = 1) -> None:
+        super().__init__()
+        self.losses = losses
+
+    def get_node_ids(self):
+        return [10, 11, 12]
+
+    def dead(self, node: int) -> bool:
+        return False
+
+    def push_messages(self, messages):
+        ids = super().push_messages(messages)
+        nodes = [m.metadata.dst_node_id for m in messages]
+        if 12 in nodes and self.asked.count(12) <= self.losses:
+            del self.due[ids[nodes.index(12)]]
+        return ids
+
+
+def test_a_lost_handshake_answer_is_asked_again_instead_of_holding_the_federation_until_the_timeout():
+    from server.app import wait_for_sites
+
+    grid, said = LosingHandshakeGrid(), []
+    t0 = time.monotonic()
+    assert wait_for_sites(grid, 3, timeout=60, say=said.append, poll=0.05, answer_within=1.0) == {0: 10, 1: 11, 2: 12}
+    assert time.monotonic() - t0 < 5 and grid.asked.count(12) == 2 and grid.asked.count(10) == 1
+    assert said == ["node 12 gave the handshake no answer within 1 s; asking it again and waiting for the others"]
+    with pytest.raises(TimeoutError, match=r"only 2 of 3 sites.*node 12: no answer within 2 s"):
+        wait_for_sites(LosingHandshakeGrid(losses=99), 3, timeout=2.5, poll=0.05, answer_within=1.0)

@@ -633,6 +633,38 @@ def test_metadata_without_a_row_for_an_image(tmp_path):
         scan(cfg)
 
 
+def test_the_cache_holds_each_file_digest_and_an_older_format_is_rebuilt_or_named(tmp_path, monkeypatch):
+    make_isic2018(tmp_path / "isic", per_class=1)
+    cfg = cfg_for("isic2018", tmp_path / "isic", tmp_path)
+    path = prepare(cfg, progress=False).path
+    data = load_cache(path)
+    files = {f.stem: f for f in (tmp_path / "isic" / ISIC2018_IMAGES).iterdir()}
+    assert data.digests.tolist() == [cache_mod.file_digest(files[i]) for i in data.ids.tolist()]
+    assert len(set(data.digests.tolist())) == len(data)
+    # a cache written by the previous format (no digests) is named on loading and rebuilt by prepare
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+    with raises_naming(str(path), "format version 2", "prepare the data set again"):
+        load_cache(path)
+    again = prepare(cfg, progress=False)
+    assert again.built and "found version 2" in again.reason and load_cache(again.path).digests.tolist()
+    # a file that cannot be read for its digest is named (or skipped, when bad images are skipped)
+    denied = files["ISIC_0000003"]
+
+    def unreadable(p):
+        if Path(p) == denied:
+            raise PermissionError(13, "Permission denied")
+        return real(p)
+    real = cache_mod.file_digest
+    monkeypatch.setattr(cache_mod, "file_digest", unreadable)
+    (tmp_path / "isic" / ISIC2018_CSV).touch()  # sources changed: rebuilt
+    with raises_naming(str(denied), "cannot read image", "Permission denied"):
+        prepare(cfg, progress=False)
+    skipping = prepare(cfg_for("isic2018", tmp_path / "isic", tmp_path, skip_bad_images=True), progress=False)
+    assert [s["id"] for s in skipping.skipped] == ["ISIC_0000003"]
+    assert "Permission denied" in skipping.skipped[0]["reason"]
+
+
 def _corrupt(root: Path) -> tuple[Path, Path]:
     """Truncate one JPEG and replace one image by a zero-byte PNG; returns both paths."""
     folder = root / ISIC2018_IMAGES

@@ -313,7 +313,8 @@ def test_real_isic2018_sample_simulates_two_sites(tmp_path):
 def test_a_held_out_site_is_a_data_set_of_its_own_whose_training_leaves_the_federation_finite(tmp_path, capsys):
     """simulations/held_out_site.py: the public source of DP pretraining is one acquisition site, written as its own
     folder data set: lesion-disjoint from the federation's, another content key and ledger, so its training without
-    DP marks only itself unbounded and its weights pass the provenance check; a site sharing a lesion is refused."""
+    DP marks only itself unbounded and its weights pass the provenance check; a site sharing a lesion is refused.
+    Training in the clear on the same files through the isic2018 loader marks both unbounded (file digests)."""
     from fgssl.privacy.data_ledger import data_ledger_ref, lifetime, record_training_without_dp
     from fgssl.data.cache import prepare
     from simulations.held_out_site import main
@@ -346,6 +347,20 @@ def test_a_held_out_site_is_a_data_set_of_its_own_whose_training_leaves_the_fede
     record_training_without_dp(refs["public"], run="public@1", what="centralised training (fgssl train)")
     assert lifetime(refs["public"]).unprotected is not None
     assert lifetime(refs["dp"]).unprotected is None and lifetime(refs["dp"]).related == []
+    # the same files through the isic2018 loader (ids ISIC_..., not CSV paths) are the same images to the ledger:
+    # training on them in the clear leaves neither folder data set a finite lifetime
+    isic = load_config(out / "public.yaml", ["data.dataset=isic2018", "data.csv=null", "data.path_column=image",
+                                             "data.label_column=label", "data.group_column=null",
+                                             "data.site_column=null", "data.class_names=[]",
+                                             f"data.cache_dir={tmp_path / 'cache'}", "data.image_size=16"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        refs["isic"] = data_ledger_ref(isic, prepare(isic.data, progress=False).path)
+    record_training_without_dp(refs["isic"], run="e1@2", what="centralised training (fgssl train)")
+    for name in ("public", "dp"):
+        life = lifetime(refs[name])
+        assert refs["isic"].path in life.related and "e1@2" in {e.run_id for e in life.entries}, name
+    assert lifetime(refs["dp"]).epsilon == float("inf") and lifetime(refs["dp"]).unprotected.run_id == "e1@2"
 
     # a lesion with images at two sites: holding either out is refused, naming the lesion
     meta = (root / HAM10000_METADATA).read_text().splitlines()

@@ -8,6 +8,7 @@ A cache is one folder ``<cache_dir>/<dataset>-<size>px-<resize>-<root hash>/`` h
     groups.npy      str   (N,)  lesion / patient ids ("" when unknown)
     partitions.npy  int8  (N,)  index into manifest["partition_names"] (-1 = none)
     sites.npy       str   (N,)  acquisition site ("" when unknown)
+    digests.npy     str   (N,)  SHA-256 of each image's source file, first 32 hex digits ("" for MedMNIST rows)
     manifest.json   format version, the settings that shaped the cache, class names and counts, the size and
                     mtime of every source file, skipped images with reasons, notes, build time
     skipped.csv     (only when images were skipped) id,file,reason
@@ -47,9 +48,10 @@ from .official import Index, Skip
 
 FORMAT = "fgssl-image-cache"
 # 2: ISIC 2018 images carry the official part they came from (Training, Validation, Test), as ISIC 2017 ones do.
-VERSION = 2
+# 3: digests, so that a data ledger knows the same files read through another loader (fgssl.privacy.data_ledger).
+VERSION = 3
 MANIFEST = "manifest.json"
-ARRAYS = ("images", "labels", "ids", "groups", "partitions", "sites")
+ARRAYS = ("images", "labels", "ids", "groups", "partitions", "sites", "digests")
 # True: a tqdm bar on stderr; False: silent; a callable: told (images decoded, total) after each image.
 ProgressArg = Union[bool, Callable[[int, int], None]]
 
@@ -64,6 +66,7 @@ class CachedData:
     groups: np.ndarray
     partitions: np.ndarray
     sites: np.ndarray
+    digests: np.ndarray
     manifest: dict[str, Any]
 
     @property
@@ -265,9 +268,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _decode_all(index: Index, images: np.ndarray, size: int, resize: str, skip: bool, workers: int,
-                progress: ProgressArg) -> list[tuple[int, Skip]]:
-    """Decode every record into `images[i]`; returns (position, skip) for undecodable files when skipping."""
+def file_digest(path: Path) -> str:
+    """What identifies an image file's content whatever its name or loader: SHA-256 of its bytes, 32 hex digits."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()[:32]
+
+
+def _decode_all(index: Index, images: np.ndarray, digests: list[str], size: int, resize: str, skip: bool,
+                workers: int, progress: ProgressArg) -> list[tuple[int, Skip]]:
+    """Decode every record into `images[i]` and hash its file into `digests[i]` (records of one array file, as
+    MedMNIST's, keep ""); returns (position, skip) for undecodable files when skipping."""
     bad: list[tuple[int, Skip]] = []
     decode = index.decode or (lambda r, s, m: official.decode_image(r.path, s, m))
 
@@ -275,6 +288,13 @@ def _decode_all(index: Index, images: np.ndarray, size: int, resize: str, skip: 
         r = index.records[i]
         try:
             images[i] = decode(r, size, resize)
+            if index.decode is None:
+                digests[i] = file_digest(r.path)
+        except OSError as e:  # the file went away or became unreadable between decoding and hashing
+            e = DataError(f"cannot read image {r.path}: {e.strerror or e}")
+            if not skip:
+                raise e from None
+            return i, Skip(r.id, str(r.path), str(e))
         except DataError as e:
             if not skip:
                 raise
@@ -330,7 +350,8 @@ def _build(index: Index, cfg: DataConfig, target: Path, settings: dict[str, Any]
     tmp.mkdir(parents=True)
     try:
         images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
-        bad = _decode_all(index, images, size, cfg.resize, cfg.skip_bad_images, workers, progress)
+        digests = [""] * n
+        bad = _decode_all(index, images, digests, size, cfg.resize, cfg.skip_bad_images, workers, progress)
         keep = np.ones(n, dtype=bool)
         keep[[i for i, _ in bad]] = False
         if bad:
@@ -349,6 +370,7 @@ def _build(index: Index, cfg: DataConfig, target: Path, settings: dict[str, Any]
             del images
         recs = [r for r, k in zip(index.records, keep) if k]
         arrays = {
+            "digests": np.array([d for d, k in zip(digests, keep) if k], dtype=str),
             "labels": np.array([r.label for r in recs], dtype=np.int64),
             "ids": np.array([r.id for r in recs], dtype=str),
             "groups": np.array([r.group for r in recs], dtype=str),
@@ -467,6 +489,10 @@ def load_cache(path: str | Path) -> CachedData:
     manifest = read_manifest(path)
     if manifest is None or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not an fgssl image cache (no valid {MANIFEST})", "data.cache_dir")
+    if manifest.get("version") != VERSION:
+        raise DataError(f"{path}: an image cache of format version {manifest.get('version')}, this code reads "
+                        f"{VERSION}; prepare the data set again (fgssl prepare, or any run on it, rebuilds it)",
+                        "data.cache_dir")
     try:
         arrays = {a: np.load(path / f"{a}.npy", mmap_mode="r" if a == "images" else None, allow_pickle=False)
                   for a in ARRAYS}

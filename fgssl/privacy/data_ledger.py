@@ -9,8 +9,9 @@ trained leaves it, under the run's id and the site as the entries' holder; train
 sample-level DP (`fgssl train`, privacy.mode none or client) writes an unprotected entry. Its ε is Σ over runs of
 the worst site's RDP curve (`accounting.worst_holder_curve`): in one run each image is at one site.
 
-A data ledger also keeps its image ids, so that the lifetime of a data set includes every ledger in the same folder
-that shares an image with it (a set prepared with one image more or fewer gets another key, not a fresh start).
+A data ledger also keeps its image ids and the content digests of their files, so that the lifetime of a data set
+includes every ledger in the same folder that shares an image with it: a set prepared with one image more or fewer
+(another key), or the same files read through another loader (other ids), does not start from 0.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from .accounting import group_epsilon, rdp_curve, worst_holder_curve
 from .ledger import DEFAULT_FILENAME, LedgerEntry, LedgerError, PrivacyLedger, by_run_and_holder, ledger_epsilon
 
 LEDGER_DIR = "privacy-ledgers"
+# Meta key set once a data ledger holds its images' ids and digests (ledgers from before digests lack it).
+_IMAGES_RECORDED = "images"
 ALL_SITES = "all"  # the holder of every entry of a run whose sites may share images: they then simply compose
 
 
@@ -36,7 +39,7 @@ class DataLedgerRef:
 
     path: Path  # the SQLite file
     key: str  # the data set's content key
-    cache: Path  # the prepared cache, whose image ids the ledger records when it is created
+    cache: Path  # the prepared cache, whose image ids and digests the ledger records
     disjoint: bool = True  # sites of a run hold disjoint images (so each run counts its worst site only)
 
     def holder(self, site: int | str) -> str:
@@ -58,11 +61,14 @@ def data_ledger_ref(cfg: Config, cache: Path, parts: Sequence[Sequence[int]] | N
 
 
 def open_data_ledger(ref: DataLedgerRef) -> PrivacyLedger:
-    """The data set's ledger, created (with its key and image ids) on first use by whichever process comes first."""
+    """The data set's ledger, created (with its key, image ids and digests) on first use by whichever process comes
+    first; a ledger written before digests were kept gets them from its (rebuilt) cache."""
     ledger = PrivacyLedger(ref.path, timeout=60.0)  # several simulated sites write it at once: wait for each other
     try:
-        if ledger.meta("data_key") is None:
-            ledger.add_images(load_cache(ref.cache).ids.tolist())
+        if ledger.meta(_IMAGES_RECORDED) is None:
+            data = load_cache(ref.cache)
+            ledger.add_images(data.ids.tolist(), data.digests.tolist())
+            ledger.bind(_IMAGES_RECORDED, "ids and file digests")
         bound = ledger.bind("data_key", ref.key)  # after the ids: a ledger with a key always has its ids
         if bound != ref.key:
             raise LedgerError(ref.path, f"belongs to data set {bound}, not {ref.key}")
@@ -142,15 +148,15 @@ def largest_group(groups: Sequence[str]) -> int:
     return max(known.values(), default=1)
 
 
-def related_ledgers(own: Path, ids: set[str]) -> list[Path]:
-    """The other ledgers in the folder of the ledger `own` that hold one of `ids`."""
+def related_ledgers(own: Path, ids: set[str], digests: set[str] = frozenset()) -> list[Path]:
+    """The other ledgers in the folder of the ledger `own` that hold one of `ids` or a file with one of `digests`."""
     out = []
     for path in sorted(own.parent.glob("*.sqlite3")):
         if path.resolve() == own.resolve():
             continue
         try:
             with PrivacyLedger(path, readonly=True) as other:
-                if not other.image_ids().isdisjoint(ids):
+                if not other.image_ids().isdisjoint(ids) or not other.image_digests().isdisjoint(digests):
                     out.append(path)
         except LedgerError:
             continue  # not a data ledger of this project: nothing of ours to count
@@ -166,8 +172,8 @@ def ledger_delta(entries: Sequence[LedgerEntry]) -> float | None:
 
 def lifetime(ref: DataLedgerRef) -> Lifetime:
     with open_data_ledger(ref) as ledger:
-        entries, ids = ledger.history(), ledger.image_ids()
-    related = related_ledgers(ref.path, ids)
+        entries, ids, digests = ledger.history(), ledger.image_ids(), ledger.image_digests()
+    related = related_ledgers(ref.path, ids, digests)
     for path in related:
         with PrivacyLedger(path, readonly=True) as other:
             entries += other.history()

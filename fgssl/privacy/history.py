@@ -73,13 +73,14 @@ def read_history(path: str | Path) -> LedgerHistory:
     file) when it is missing, corrupt or not a ledger."""
     with PrivacyLedger(ledger_file(path), readonly=True) as ledger:
         entries, weights, ids = ledger.history(), ledger.weights(), ledger.image_ids()
+        digests = ledger.image_digests()
         data_key = ledger.meta("data_key")
     delta = ledger_delta(entries)
     kind = "data" if ids or any(e.site is not None for e in entries) else "node"
     rows, runs = _cumulative(entries, delta)
     out = LedgerHistory(ledger.path, kind, delta, rows, runs, weights)
     if ids and data_key:
-        out.related = related_ledgers(ledger.path, ids)
+        out.related = related_ledgers(ledger.path, ids, digests)
         if out.related:
             others = []
             for p in out.related:

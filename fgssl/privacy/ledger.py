@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS counts (
 """
 # meta: this file's own random uid, and what it is bound to (a data ledger's data key, a node's data set).
 # sources: for entries copied from a site's ledger (`import_entries`), which ledger and entry they came from.
-# images: a data ledger's image ids (what overlaps what, `DataLedger`). weights: public weights a run started from.
+# images, image_digests: a data ledger's image ids and its files' content digests (what overlaps what,
+# fgssl.privacy.data_ledger). weights: public weights a run started from.
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
@@ -89,6 +90,7 @@ CREATE TABLE IF NOT EXISTS sources (
     UNIQUE (ledger, source_id)
 );
 CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS image_digests (digest TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS weights (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id     TEXT NOT NULL,
@@ -318,6 +320,11 @@ class PrivacyLedger:
         """A data ledger's image ids (empty for a node's ledger)."""
         return {r[0] for r in self._read("reading its image ids", "SELECT id FROM images")}
 
+    def image_digests(self) -> set[str]:
+        """A data ledger's image files' content digests (empty for a node's ledger, and for a data ledger written
+        before digests were kept until its data set is used again)."""
+        return {r[0] for r in self._read("reading its image digests", "SELECT digest FROM image_digests")}
+
     def weights(self) -> list[dict[str, str]]:
         """The public weights runs started from: run_id, sha256, path, source, created_at, oldest first."""
         rows = self._read("reading its weights", "SELECT run_id, sha256, path, source, created_at FROM weights "
@@ -497,10 +504,11 @@ class PrivacyLedger:
                       (key, value))
             return str(c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
-    def add_images(self, ids: Sequence[str]) -> None:
-        """Record a data ledger's image ids (once, when it is created)."""
+    def add_images(self, ids: Sequence[str], digests: Sequence[str] = ()) -> None:
+        """Record a data ledger's image ids and its files' content digests ("" = unknown, not recorded)."""
         with self._write("recording its image ids") as c:
             c.executemany("INSERT OR IGNORE INTO images (id) VALUES (?)", ((str(i),) for i in ids))
+            c.executemany("INSERT OR IGNORE INTO image_digests (digest) VALUES (?)", ((str(d),) for d in digests if d))
 
     def record_weights(self, *, run_id: str, sha256: str, path: str, source: str) -> None:
         """Record that run `run_id` started from the public weights `path` (its SHA-256 and declared source);
