@@ -442,3 +442,31 @@ def test_privacy_mode_alone_targets_the_stated_default_epsilon():
     assert tiny_cfg(privacy={"mode": "sample", "noise_multiplier": 1.2}).privacy.target_epsilon is None
     with pytest.raises(ConfigError, match="not both"):
         tiny_cfg(privacy={"mode": "sample", "noise_multiplier": 1.2, "target_epsilon": 3.0})
+
+
+def test_a_node_solves_its_sigma_once_per_plan_and_reads_it_back_after_one_check(tmp_path, monkeypatch):
+    """A deployed node's tasks are fresh forks (no in-process cache survives): the solved σ is kept in its ledger and
+    reused after one accountant evaluation; a stored value that no longer meets the target is solved again."""
+    from fgssl.privacy import node
+    from fgssl.privacy.ledger import PrivacyLedger
+
+    calls = []
+    real = node.epsilon
+    monkeypatch.setattr(node, "epsilon", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = tiny_cfg(privacy={"mode": "sample", "target_epsilon": 8.0})
+    with PrivacyLedger(tmp_path / "state") as ledger:
+        node._solve_sigma.cache_clear()  # as in a fresh process
+        sigma = node.noise_multiplier(cfg, 200, ledger)
+        solved = len(calls)
+        assert solved > 5 and node.epsilon(node.planned_history(cfg, 200, sigma), node.node_delta(cfg, 200)) <= 8.0
+        node._solve_sigma.cache_clear()
+        calls.clear()
+        assert node.noise_multiplier(cfg, 200, ledger) == sigma and len(calls) == 1
+        # another plan (more rounds) is another key; a stored σ too small for its target is not trusted
+        longer = tiny_cfg(privacy={"mode": "sample", "target_epsilon": 8.0}, federation={"finetune_rounds": 5})
+        assert node._sigma_key(longer, 200) != node._sigma_key(cfg, 200)
+        ledger.bind(node._sigma_key(cfg, 200), "0.05", replace=True)
+        node._solve_sigma.cache_clear()
+        calls.clear()
+        assert node.noise_multiplier(cfg, 200, ledger) == sigma and len(calls) > 5
+        assert ledger.meta(node._sigma_key(cfg, 200)) == repr(sigma)

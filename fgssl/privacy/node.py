@@ -136,11 +136,44 @@ def _unreachable(cfg: Config, num_examples: int, delta: float) -> ConfigError:
                        f"ask for more than that, or {fixes}")
 
 
-def noise_multiplier(cfg: Config, num_examples: int) -> float:
-    """σ of this node: configured, or the smallest that keeps the whole planned run within target_epsilon."""
+# Bump when the σ search or planned_history changes how a plan maps to σ: solved values stored under the old key are
+# then solved again.
+_SIGMA_KEY_VERSION = 1
+
+
+def _sigma_key(cfg: Config, num_examples: int) -> str:
+    """What decides the solved σ: the planned releases (at σ = 1), δ, the target and the accountant."""
+    plan = planned_history(cfg, num_examples, 1.0)
+    text = repr((_SIGMA_KEY_VERSION, plan, node_delta(cfg, num_examples), cfg.privacy.target_epsilon,
+                 cfg.privacy.accountant))
+    return "sigma:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def noise_multiplier(cfg: Config, num_examples: int, ledger: PrivacyLedger | None = None) -> float:
+    """σ of this node: configured, or the smallest that keeps the whole planned run within target_epsilon.
+
+    With the node's `ledger`, a σ solved in an earlier round of the same plan is read back from it: a deployed
+    node's every task is a fresh fork, and the search costs seconds of CPU each time. The stored value is used only
+    after one accountant evaluation confirms it still meets the target (a wrong or edited value is solved again).
+    """
     if cfg.privacy.noise_multiplier is not None:
         return cfg.privacy.noise_multiplier
-    return _solve_sigma(cfg, num_examples)
+    if ledger is None:
+        return _solve_sigma(cfg, num_examples)
+    key = _sigma_key(cfg, num_examples)
+    stored = ledger.meta(key)
+    if stored is not None:
+        try:
+            sigma = float(stored)
+        except ValueError:
+            sigma = float("nan")
+        delta = node_delta(cfg, num_examples)
+        if sigma > 0 and epsilon(planned_history(cfg, num_examples, sigma), delta,
+                                 cfg.privacy.accountant) <= cfg.privacy.target_epsilon:
+            return sigma
+    sigma = _solve_sigma(cfg, num_examples)
+    ledger.bind(key, repr(sigma), replace=True)
+    return sigma
 
 
 def private_round(model: FGSSLNet, data: ImageSet, phase: str, cfg: Config, state_dir: Path, *, site: int,
@@ -179,7 +212,7 @@ def _private_round(ledger: PrivacyLedger, model: FGSSLNet, data: ImageSet, phase
         return PrivateRound(refusal, float("nan"), float("nan"), {})
     delta = node_delta(cfg, n)
     try:
-        dp = DPSettings.of(p, noise_multiplier(cfg, n))
+        dp = DPSettings.of(p, noise_multiplier(cfg, n, ledger))
     except ConfigError as e:  # a refusal like the others: the run stops with the reason, not a client crash
         return PrivateRound(f"site {site}: {e}", float("nan"), float("nan"), {})
     mechanism = plan_mechanism(n, phase, cfg, dp, epochs=epochs, max_batches=max_batches)
