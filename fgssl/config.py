@@ -371,8 +371,9 @@ class FederationConfig:
     # null = the optimiser's usual default (1.0 for fedavg/fedavgm, 0.01 for fedadam)
     server_lr: float | None = None
     server_momentum: float = 0.9
-    # Glob patterns of parameter names that never leave a site in training rounds (FedBN: ["*bn*", "*downsample.1*",
-    # "*norm*"]); under privacy.mode 'none' the cross-site evaluation passes them to the other sites at the end.
+    # Glob patterns of parameter names that never leave a site in training rounds; "norm" stands for every
+    # normalisation layer (FedBN; strategies.groups.NORM_PATTERNS). Under privacy.mode 'none' the cross-site
+    # evaluation passes them to the other sites at the end.
     local_groups: tuple[str, ...] = ()
     # Updates are dropped when their change from the global weights exceeds this L2 norm (null = no bound).
     max_update_norm: float | None = 1000.0

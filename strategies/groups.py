@@ -11,6 +11,18 @@ import numpy as np
 
 NamedArrays = dict[str, np.ndarray]
 
+# The pattern `norm` in federation.local_groups stands for every normalisation layer of fgssl.model.FGSSLNet (weights,
+# biases and running statistics): FedBN. Its layers are named by torchvision's ResNet (bn1, bn2, downsample.1) and by
+# the method's own modules (each hierarchical block's conv.<i>.1, each embedding head's net.0 and net.2), which a
+# glob like "*bn*" alone misses; tests/test_aggregation.py checks these against the modules of built models.
+NORM = "norm"
+NORM_PATTERNS = ("*.bn*", "*.downsample.1.*", "blocks.*.conv.*.1.*", "heads.*.net.0.*", "heads.*.net.2.*")
+
+
+def expand(patterns: Sequence[str]) -> list[str]:
+    """`patterns` with the alias `norm` replaced by NORM_PATTERNS."""
+    return [q for p in patterns for q in (NORM_PATTERNS if p == NORM else (p,))]
+
 
 def _check_patterns(patterns: Sequence[str]) -> None:
     # A bare string would be iterated character by character and match nearly everything.
@@ -19,12 +31,13 @@ def _check_patterns(patterns: Sequence[str]) -> None:
 
 
 def keys_matching(all_keys: Iterable[str], patterns: Sequence[str]) -> list[str]:
-    """Keys matching any fnmatch-style pattern (case-sensitive), in original order.
+    """Keys matching any fnmatch-style pattern (case-sensitive; `norm`: every normalisation layer), in original order.
 
     ``*`` also matches dots, so ``"*.bn*"`` matches ``"backbone.layer1.0.bn1.weight"``.
     """
     _check_patterns(patterns)
-    return [k for k in all_keys if any(fnmatchcase(k, p) for p in patterns)]
+    globs = expand(patterns)
+    return [k for k in all_keys if any(fnmatchcase(k, p) for p in globs)]
 
 
 def shared_keys(

@@ -62,6 +62,26 @@ def test_keys_matching_globs_keep_original_order():
     assert keys_matching(KEYS, []) == []
 
 
+@pytest.mark.parametrize("backbone,norm,head_norm", [("resnet18", "batch", "batch"), ("resnet50", "group", "group"),
+                                                    ("resnet10", "batch", "group")])
+def test_the_norm_group_is_every_normalisation_layer_and_nothing_else(backbone, norm, head_norm):
+    """`local_groups: [norm]` (FedBN) names the weights, biases and running statistics of every normalisation module
+    of a built model: ResNet's bn/downsample.1, the hierarchical blocks' and the embedding heads' own."""
+    import torch
+
+    from fgssl.config import ModelConfig
+    from fgssl.model import build_model
+
+    cfg = ModelConfig(backbone=backbone, width=8, norm=norm, head_norm=head_norm, groups=2)
+    model = build_model(cfg, 5)
+    norm_types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    layers = [name for name, m in model.named_modules() if isinstance(m, norm_types)]
+    expected = [k for k in model.state_dict() if k.rsplit(".", 1)[0] in layers]
+    assert len(layers) > 10 and keys_matching(list(model.state_dict()), ["norm"]) == expected
+    # "*bn*" alone (the pattern documented before the alias) leaves the blocks' and heads' layers shared
+    assert len(keys_matching(list(model.state_dict()), ["*bn*", "*downsample.1*"])) < len(expected)
+
+
 def test_keys_matching_rejects_bare_string():
     with pytest.raises(TypeError):
         keys_matching(KEYS, "classifiers.*")
