@@ -142,10 +142,10 @@ _SIGMA_KEY_VERSION = 1
 
 
 def _sigma_key(cfg: Config, num_examples: int) -> str:
-    """What decides the solved σ: the planned releases (at σ = 1), δ, the target and the accountant."""
+    """What decides the solved σ: the planned releases (at σ = 1), δ and the privacy settings (target, accountant,
+    the noise of the other releases)."""
     plan = planned_history(cfg, num_examples, 1.0)
-    text = repr((_SIGMA_KEY_VERSION, plan, node_delta(cfg, num_examples), cfg.privacy.target_epsilon,
-                 cfg.privacy.accountant))
+    text = repr((_SIGMA_KEY_VERSION, plan, node_delta(cfg, num_examples), cfg.privacy))
     return "sigma:" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
