@@ -309,7 +309,8 @@ class PrivacyLedger:
 
     def meta(self, key: str) -> str | None:
         """A value of the meta table: 'uid' (this file's random id), 'data_key', 'data' (what it is bound to),
-        'sigma:<plan hash>' (a node's solved σ, `fgssl.privacy.node.noise_multiplier`)."""
+        'images' (a data ledger holds its image ids and digests), 'sigma:<plan hash>' (a node's solved σ,
+        `fgssl.privacy.node.noise_multiplier`)."""
         rows = self._read(f"reading {key}", "SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
