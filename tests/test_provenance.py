@@ -30,7 +30,7 @@ def central_run(tmp_path: Path, root: Path, name: str) -> Path:
 
 
 def test_weights_trained_on_the_same_images_without_dp_are_refused_and_disjoint_ones_accepted(tmp_path):
-    same, other = make_folder(tmp_path / "a"), make_folder(tmp_path / "b", n=30, prefix="b")
+    same, other = make_folder(tmp_path / "a"), make_folder(tmp_path / "b", n=30, prefix="b", tone=1)
     weights = central_run(tmp_path, same, "central-a")
     card = json.loads(weights.with_name("model.json").read_text())
     assert card["training"]["data_key"] == ref_of(folder_config(same, tmp_path / "cache")).key
@@ -62,7 +62,7 @@ def test_the_sites_ledgers_record_the_weights_hash_and_declared_source(tmp_path)
     from strategies.fgssl_strategy import FGSSLStrategy
 
     root = make_folder(tmp_path / "data")
-    weights = central_run(tmp_path, make_folder(tmp_path / "public", n=20, prefix="p"), "public")
+    weights = central_run(tmp_path, make_folder(tmp_path / "public", n=20, prefix="p", tone=1), "public")
     cfg = config_from_dict(folder_config(root, tmp_path / "cache", privacy=DP,
                                          model={"weights": str(weights), "weights_source": "hospital X archive 2019"},
                                          federation={"sites": 2, "ssl_rounds": 0, "finetune_rounds": 1}))
