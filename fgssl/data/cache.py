@@ -291,10 +291,10 @@ def _decode_all(index: Index, images: np.ndarray, digests: list[str], size: int,
             if index.decode is None:
                 digests[i] = file_digest(r.path)
         except OSError as e:  # the file went away or became unreadable between decoding and hashing
-            e = DataError(f"cannot read image {r.path}: {e.strerror or e}")
+            unreadable = DataError(f"cannot read image {r.path}: {e.strerror or e}")
             if not skip:
-                raise e from None
-            return i, Skip(r.id, str(r.path), str(e))
+                raise unreadable from None
+            return i, Skip(r.id, str(r.path), str(unreadable))
         except DataError as e:
             if not skip:
                 raise

@@ -149,6 +149,14 @@ def _sigma_key(cfg: Config, num_examples: int) -> str:
     return "sigma:" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+@lru_cache(maxsize=64)
+def _meets_target(cfg: Config, num_examples: int, sigma: float) -> bool:
+    """The check of a stored σ, once per process (a simulated site's actor serves every round of a run)."""
+    delta = node_delta(cfg, num_examples)
+    spent = epsilon(planned_history(cfg, num_examples, sigma), delta, cfg.privacy.accountant)
+    return spent <= cfg.privacy.target_epsilon
+
+
 def noise_multiplier(cfg: Config, num_examples: int, ledger: PrivacyLedger | None = None) -> float:
     """σ of this node: configured, or the smallest that keeps the whole planned run within target_epsilon.
 
@@ -167,9 +175,7 @@ def noise_multiplier(cfg: Config, num_examples: int, ledger: PrivacyLedger | Non
             sigma = float(stored)
         except ValueError:
             sigma = float("nan")
-        delta = node_delta(cfg, num_examples)
-        if sigma > 0 and epsilon(planned_history(cfg, num_examples, sigma), delta,
-                                 cfg.privacy.accountant) <= cfg.privacy.target_epsilon:
+        if sigma > 0 and _meets_target(cfg, num_examples, sigma):
             return sigma
     sigma = _solve_sigma(cfg, num_examples)
     ledger.bind(key, repr(sigma), replace=True)
