@@ -68,3 +68,11 @@ def test_dp_overhead_times_a_recipe_from_its_config(tmp_path):
         table = proc.stdout.split(f"\n{workload}:")[1]
         rows = {line.split()[0]: line.split() for line in table.splitlines()[2:4]}
         assert rows["nonprivate"][2] == "1.00x" and float(rows["hooks"][2].rstrip("x")) > 0, table
+
+
+def test_the_runner_refuses_fewer_than_one_job(capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--quick", "--jobs", "0"])
+    assert exc.value.code == 2 and "--jobs must be at least 1, not 0" in capsys.readouterr().err
