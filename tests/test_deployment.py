@@ -441,20 +441,31 @@ def _wait_for_file_text(path: Path, text: str, timeout: float) -> None:
     raise AssertionError(f"no {text!r} in {path} within {timeout:.0f} s")
 
 
-def test_node_stops_promptly_while_it_waits_for_the_superlink(tmp_path):
-    """The SuperNode retries a SuperLink that is not there yet and the launcher polls it: a hospital gives up."""
-    certs = generate(tmp_path / "certs", nodes=1)
-    node = Proc(_node_args(_free_port(), certs.ca_cert, certs.nodes[0].private_key, 0, tmp_path / "state", 300),
-                tmp_path / "node.out", _env(tmp_path), sigint_ignored=True)
+@pytest.mark.parametrize("command", ["node", "nodes"])
+def test_node_stops_promptly_while_it_waits_for_the_superlink(tmp_path, command):
+    """The SuperNodes retry a SuperLink that is not there yet and the launcher polls it: a hospital (`fgssl node`)
+    or a rehearsal of two (`fgssl nodes`) gives up on Ctrl-C or SIGTERM, every process it started gone within the
+    limit."""
+    certs = generate(tmp_path / "certs", nodes=2)
+    port, state = _free_port(), tmp_path / "state"
+    if command == "node":
+        args, logs = _node_args(port, certs.ca_cert, certs.nodes[0].private_key, 0, state, 300), [state]
+    else:
+        args = [sys.executable, "-m", "cli.nodes_cmd", "--superlink", f"127.0.0.1:{port}", "--ca", str(certs.ca_cert),
+                "--certs", str(certs.out), "--sites", "0-1", "--dataset", "synthetic", "--state-dir", str(state),
+                "--max-wait-time", "300"]
+        logs = [state / "site0", state / "site1"]
+    node = Proc(args, tmp_path / "node.out", _env(tmp_path), sigint_ignored=True)
     try:
-        node.wait_for(r"SuperNode started \(pid \d+\)", 60)
-        _wait_for_file_text(tmp_path / "state" / "supernode.log", "Connection attempt failed", 60)
-        _wait_for_file_text(tmp_path / "state" / "clientapp.log", "ClientApp launcher ready", 60)
-        seconds = _stop_within_limit(node)
+        node.wait_for(r"SuperNode started \(.*pid \d+\)", 60)
+        for folder in logs:
+            _wait_for_file_text(folder / "supernode.log", "Connection attempt failed", 60)
+        _wait_for_file_text(state / "clientapp.log", "ClientApp launcher ready", 60)
+        seconds = _stop_within_limit(node, signal.SIGINT if command == "node" else signal.SIGTERM)
     finally:
         node.stop()
         left = _kill_leftovers(str(tmp_path))
-    print(f"\nwaiting node stopped in {seconds:.1f} s")
+    print(f"\nwaiting fgssl {command} stopped in {seconds:.1f} s")
     assert node.popen.returncode == 130 and "stopping the SuperNode" in node.text, node.text[-2000:]
     assert left == []
 

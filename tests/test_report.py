@@ -172,3 +172,57 @@ def test_a_finished_simulation_leaves_a_model_that_loads_with_its_description(fi
     assert card["metrics"]["balanced_accuracy"] == summary["final"]["pooled"]["balanced_accuracy"]
     assert card["privacy"]["text"] == summary["privacy"]["text"]
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+# `fgssl serve`'s last state: its children are gone and it writes the report in-process. The plots stand in for a
+# large run's (a minute here), so that the signal lands inside them on any machine.
+_SERVE_WRITING_THE_REPORT = """
+import argparse, sys, time
+import cli.reports.report as report
+from cli.deploy.coordinator import _finish
+from cli.deploy.processes import stop_on_signals
+from cli.errors import run_command
+from fgssl.rundir import RunDir
+
+def slow_plots(run):
+    print("making the plots", flush=True)
+    time.sleep(60)
+    raise AssertionError("the signal did not stop the report")
+
+report.make_plots = slow_plots
+stop_on_signals()
+sys.exit(run_command("fgssl serve", argparse.Namespace(), lambda _: _finish(RunDir(sys.argv[1]), print) or 0))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_serve_stops_promptly_while_it_writes_the_report_and_keeps_the_results(finished_run, tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for name in ("report.md", "report.html"):
+        (run / name).unlink(missing_ok=True)
+    kept = {name: (run / name).read_bytes() for name in ("summary.json", "metrics.jsonl", "model.safetensors")}
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE_WRITING_THE_REPORT, str(run)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    said = []
+    for line in proc.stdout:
+        said.append(line)
+        if line.startswith("making the plots"):
+            break
+    assert said and said[-1].startswith("making the plots"), "".join(said)
+    assert any("fgssl serve: done in" in line for line in said), "".join(said)
+    t0 = time.monotonic()
+    proc.send_signal(getattr(signal, sig))
+    out, _ = proc.communicate(timeout=30)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 130 and "fgssl serve: interrupted" in out, "".join(said) + out
+    assert seconds < 10, f"stopped {seconds:.1f} s after {sig}"
+    assert {name: (run / name).read_bytes() for name in kept} == kept  # the results stay as they were
+    assert not (run / "report.md").exists() and not (run / "report.html").exists()  # no half report
