@@ -96,18 +96,25 @@ def test_study_refuses_a_bad_experiment_before_running_anything(tmp_path):
         read_experiment(tmp_path / _experiment(tmp_path, {"a": {"command": "fly"}}))
 
 
+@pytest.fixture(scope="module")
+def quick_cache(tmp_path_factory):
+    """One cache of decoded real images for every shipped experiment's quick run: they read the same files at the
+    same size, and decoding (and hashing) all 10,015 HAM10000 images is most of such a run."""
+    return tmp_path_factory.mktemp("quick-cache")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_experiments_plan_and_their_quick_variant_runs(path, tmp_path):
+def test_shipped_experiments_plan_and_their_quick_variant_runs(path, tmp_path, quick_cache):
     exp = read_experiment(path)
     roots = {(yaml.safe_load(a.config.read_text()) or {}).get("data", {}).get("root") for a in exp.arms if a.config}
     missing = [r for r in roots if r and not (REPO / r).is_dir()]
     if missing:
         pytest.skip(f"{exp.name} reads real images from {missing[0]}, which is absent here")
     assert exp.description and len(plan(exp)) == len(exp.arms) * len(exp.seeds)
-    # real images are decoded into a cache: this run's goes to its own temporary folder, not the repository's runs/
+    # real images are decoded into a cache: a temporary folder, not the repository's runs/
     raw = yaml.safe_load(path.read_text())
-    raw["quick"] = [*raw.get("quick", []), f"data.cache_dir={tmp_path / 'cache'}"]
+    raw["quick"] = [*raw.get("quick", []), f"data.cache_dir={quick_cache}"]
     path = tmp_path / path.name
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     # Every arm's config is resolved and validated by plan(); one arm per command runs end to end here, to keep the
