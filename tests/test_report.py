@@ -212,16 +212,20 @@ def test_serve_stops_promptly_while_it_writes_the_report_and_keeps_the_results(f
     proc = subprocess.Popen([sys.executable, "-c", _SERVE_WRITING_THE_REPORT, str(run)], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     said = []
-    for line in proc.stdout:
-        said.append(line)
-        if line.startswith("making the plots"):
-            break
-    assert said and said[-1].startswith("making the plots"), "".join(said)
-    assert any("fgssl serve: done in" in line for line in said), "".join(said)
-    t0 = time.monotonic()
-    proc.send_signal(getattr(signal, sig))
-    out, _ = proc.communicate(timeout=30)
-    seconds = time.monotonic() - t0
+    try:
+        for line in proc.stdout:
+            said.append(line)
+            if line.startswith("making the plots"):
+                break
+        assert said and said[-1].startswith("making the plots"), "".join(said)
+        assert any("fgssl serve: done in" in line for line in said), "".join(said)
+        t0 = time.monotonic()
+        proc.send_signal(getattr(signal, sig))
+        out, _ = proc.communicate(timeout=30)
+        seconds = time.monotonic() - t0
+    finally:
+        proc.kill()  # a failed check leaves no sleeping child behind
+        proc.wait()
     assert proc.returncode == 130 and "fgssl serve: interrupted" in out, "".join(said) + out
     assert seconds < 10, f"stopped {seconds:.1f} s after {sig}"
     assert {name: (run / name).read_bytes() for name in kept} == kept  # the results stay as they were
