@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     chosen = args.only or list(SCRIPTS)
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # the longest start first, so none is left running alone
-        futures = {bench: pool.submit(one, bench) for bench in sorted(chosen, key=QUICK_SECONDS.get, reverse=True)}
+        futures = {bench: pool.submit(one, bench) for bench in sorted(chosen, key=lambda b: QUICK_SECONDS.get(b, 0), reverse=True)}
     results = [futures[bench].result() for bench in chosen]
     table = markdown(results)
     info = machine()
