@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return r
 
     chosen = args.only or list(SCRIPTS)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # the longest start first, so none is left running alone
-        futures = {bench: pool.submit(one, bench) for bench in sorted(chosen, key=lambda b: QUICK_SECONDS.get(b, 0), reverse=True)}
+    longest_first = sorted(chosen, key=lambda b: QUICK_SECONDS.get(b, 0), reverse=True)  # none left running alone
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {bench: pool.submit(one, bench) for bench in longest_first}
     results = [futures[bench].result() for bench in chosen]
     table = markdown(results)
     info = machine()
