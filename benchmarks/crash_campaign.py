@@ -238,6 +238,11 @@ def _check(run_dir: Path, states: list[Path], released: Released) -> dict[str, o
     return out
 
 
+def _passed(result: dict[str, object]) -> bool:
+    return bool(result["finished"] and result["rounds_once"] and result["weights_finite"]
+                and not result["under_counts"] and not result["orphans"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--trials", type=int, default=100, help="trials with a kill (plus trial 0 without)")
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         random.seed(args.seed * 100_003 + k)
         result = trial(k, kind, moment, args.out, sites=2 if args.quick else SITES)
-        if not args.keep and result["finished"] and not result["under_counts"] and not result["orphans"]:
+        if not args.keep and _passed(result):  # a failed trial keeps its logs and run directory for the diagnosis
             shutil.rmtree(result["dir"], ignore_errors=True)
         done[k] = result
         with path.open("a") as f:

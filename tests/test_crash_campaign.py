@@ -23,3 +23,13 @@ def test_a_killed_supernode_is_restarted_and_the_run_loses_nothing(tmp_path):
     # Restarted once: the new `fgssl node` waits itself while the SuperLink still counts the killed SuperNode online.
     assert trial["under_counts"] == {} and trial["orphans"] == 0 and trial["restarts"] == 1, trial
     assert set(trial["released_epsilon"]) == {"0", "1"} and trial["sites"] == 2 and not trial["durable"], trial
+
+
+def test_a_trial_that_finished_with_a_round_missing_or_doubled_keeps_its_folder():
+    from benchmarks.crash_campaign import _passed
+
+    ok = {"finished": True, "rounds_once": True, "weights_finite": True, "under_counts": {}, "orphans": 0}
+    assert _passed(ok)
+    for bad in ({"rounds_once": False}, {"weights_finite": False}, {"finished": False},
+                {"under_counts": {"0": {"ledger": 1.0, "released": 2.0}}}, {"orphans": 1}):
+        assert not _passed({**ok, **bad}), bad  # its logs stay for the diagnosis
