@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         return r
 
     chosen = args.only or list(SCRIPTS)
-    longest_first = sorted(chosen, key=lambda b: QUICK_SECONDS.get(b, 0), reverse=True)  # none left running alone
+    # Side by side the longest start first, so that none is left running alone; one at a time, the file's order.
+    order = chosen if jobs == 1 else sorted(chosen, key=lambda b: QUICK_SECONDS.get(b, 0), reverse=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {bench: pool.submit(one, bench) for bench in longest_first}
+        futures = {bench: pool.submit(one, bench) for bench in order}
     results = [futures[bench].result() for bench in chosen]
     table = markdown(results)
     info = machine()
